@@ -1,0 +1,52 @@
+"""Shared entry-point plumbing for the Hydra apps: config location, resolvers, one-line errors."""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import OmegaConf
+
+from glann.config import register_configs
+from glann.errors import GlannError
+
+log = logging.getLogger("glann")
+
+
+def config_dir() -> str:
+    """``glann/conf`` when installed from a wheel, else the checkout's top-level ``conf/``."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"glann's conf/ folder was not found next to {here}; pass --config-path")
+
+
+def _run_dir(resume_dir, default):
+    return resume_dir if resume_dir not in (None, "", "None") else default
+
+
+def setup() -> None:
+    register_configs()
+    if not OmegaConf.has_resolver("glann_run_dir"):
+        OmegaConf.register_new_resolver("glann_run_dir", _run_dir)
+
+
+def friendly_errors(fn: Callable) -> Callable:
+    """GlannError -> one line on stderr and exit 1 (full traceback with HYDRA_FULL_ERROR=1)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GlannError as e:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            log.error("%s: %s", type(e).__name__, e)
+            print(f"glann: error: {e}", file=sys.stderr)
+            sys.exit(1)
+
+    return wrapper

@@ -1,0 +1,56 @@
+"""Exact nearest-neighbour search for IMLE matching: faiss (CPU or GPU), with an exact torch fallback."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+try:
+    import faiss
+except ImportError:  # pragma: no cover - faiss is a hard dependency; the fallback keeps tools usable
+    faiss = None
+
+
+def faiss_gpu_available() -> bool:
+    return faiss is not None and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def nearest_neighbors(database: torch.Tensor, queries: torch.Tensor, device: str = "auto",
+                      chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each query row, the index of its exact nearest database row (L2) and the distance.
+
+    Returns (indices int64 (Q,), distances float32 (Q,)) on the CPU. Uses a faiss flat index (GPU when
+    ``device`` allows it and faiss has GPU support), else a chunked exact torch search.
+    """
+    if database.ndim != 2 or queries.ndim != 2 or database.shape[1] != queries.shape[1]:
+        raise ValueError(f"need 2-D arrays of equal width, got {tuple(database.shape)} and {tuple(queries.shape)}")
+    if database.shape[0] == 0:
+        raise ValueError("empty database")
+    want_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if faiss is not None:
+        db = np.ascontiguousarray(database.detach().cpu().numpy(), dtype=np.float32)
+        q = np.ascontiguousarray(queries.detach().cpu().numpy(), dtype=np.float32)
+        index = faiss.IndexFlatL2(db.shape[1])
+        if want_gpu and faiss_gpu_available():
+            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        index.add(db)
+        dist2, idx = index.search(q, 1)
+        return torch.from_numpy(idx[:, 0].astype(np.int64)), torch.from_numpy(np.sqrt(np.maximum(dist2[:, 0], 0)))
+    return _torch_nn(database, queries, "cuda" if want_gpu and torch.cuda.is_available() else "cpu", chunk)
+
+
+def _torch_nn(database: torch.Tensor, queries: torch.Tensor, device: str, chunk: int):
+    db = database.to(device, torch.float32)
+    db_sq = (db * db).sum(1)
+    idx_out, dist_out = [], []
+    for start in range(0, queries.shape[0], chunk):
+        q = queries[start:start + chunk].to(device, torch.float32)
+        d2 = (q * q).sum(1, keepdim=True) - 2 * q @ db.T + db_sq
+        best, arg = d2.min(1)
+        idx_out.append(arg.cpu())
+        dist_out.append(best.clamp_min(0).sqrt().cpu())
+    return torch.cat(idx_out), torch.cat(dist_out)

@@ -1,0 +1,113 @@
+"""Networks: the GLO generator (latent -> image) and the IMLE mapper (noise -> latent).
+
+Each network is built from a small config dataclass that is saved next to its weights, so loading
+needs no Hydra and no pickled classes.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class GeneratorArch:
+    latent_dim: int = 64
+    image_size: int = 28
+    channels: int = 1
+    hidden_dim: int = 1024
+    base_channels: int = 64
+    batch_norm: bool = True
+
+
+@dataclass
+class MapperArch:
+    noise_dim: int = 32
+    latent_dim: int = 64
+    hidden_dim: int = 256
+    num_layers: int = 3
+    project_to_sphere: bool = True
+
+
+def upsampling_plan(image_size: int) -> tuple[int, int]:
+    """Return (start resolution, number of stride-2 upsamplings) for a square image size.
+
+    28 -> (7, 2), as in the GLANN MNIST generator; 32 -> (4, 3); 64 -> (4, 4), as in DCGAN.
+    """
+    for base in (7, 4):
+        s, k = image_size, 0
+        while s % 2 == 0 and s > base:
+            s, k = s // 2, k + 1
+        if s == base and k >= 1:
+            return base, k
+    raise ValueError(f"image_size {image_size} must be 4*2^k or 7*2^k with k >= 1")
+
+
+class Generator(nn.Module):
+    """Linear(latent -> hidden) -> Linear(-> C0 x r0 x r0) -> k stride-2 transposed convs -> sigmoid.
+
+    For 28 px this is the GLANN paper's MNIST generator: 64 -> 1024 -> 128x7x7 -> 64x14x14 -> 1x28x28.
+    Outputs are in [0, 1].
+    """
+
+    def __init__(self, arch: GeneratorArch):
+        super().__init__()
+        self.arch = arch
+        r0, k = upsampling_plan(arch.image_size)
+        c0 = arch.base_channels * 2 ** (k - 1)
+        self.start_shape = (c0, r0, r0)
+        norm1d = nn.BatchNorm1d if arch.batch_norm else (lambda n: nn.Identity())
+        norm2d = nn.BatchNorm2d if arch.batch_norm else (lambda n: nn.Identity())
+        self.fc = nn.Sequential(
+            nn.Linear(arch.latent_dim, arch.hidden_dim), norm1d(arch.hidden_dim), nn.ReLU(inplace=True),
+            nn.Linear(arch.hidden_dim, c0 * r0 * r0), norm1d(c0 * r0 * r0), nn.ReLU(inplace=True),
+        )
+        layers: list[nn.Module] = []
+        c = c0
+        for _ in range(k - 1):
+            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=not arch.batch_norm), norm2d(c // 2),
+                       nn.ReLU(inplace=True)]
+            c //= 2
+        layers += [nn.ConvTranspose2d(c, arch.channels, 4, 2, 1), nn.Sigmoid()]
+        self.deconv = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.fc(z).view(z.shape[0], *self.start_shape)
+        return self.deconv(h)
+
+
+class Mapper(nn.Module):
+    """IMLE mapper: an MLP from Gaussian noise to the GLO latent space (optionally onto its sphere)."""
+
+    def __init__(self, arch: MapperArch):
+        super().__init__()
+        self.arch = arch
+        dims = [arch.noise_dim] + [arch.hidden_dim] * (arch.num_layers - 1) + [arch.latent_dim]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(dims) - 2:
+                layers.append(nn.LeakyReLU(0.2, inplace=True))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, noise: torch.Tensor) -> torch.Tensor:
+        out = self.net(noise)
+        return F.normalize(out, dim=1) if self.arch.project_to_sphere else out
+
+
+# The only classes an artifact may name; loading never imports a class path read from a file.
+REGISTRY = {"Generator": (Generator, GeneratorArch), "Mapper": (Mapper, MapperArch)}
+
+
+def arch_dict(module: nn.Module) -> dict:
+    return {"class": type(module).__name__, "arch": asdict(module.arch)}
+
+
+def build(spec: dict) -> nn.Module:
+    name = spec.get("class")
+    if name not in REGISTRY:
+        raise ValueError(f"unknown network class {name!r}; known: {sorted(REGISTRY)}")
+    cls, arch_cls = REGISTRY[name]
+    return cls(arch_cls(**spec["arch"]))

@@ -1,0 +1,125 @@
+"""Shared training plumbing: devices, seeding, RNG state capture, SIGTERM handling, stats, grids."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from glann.artifacts import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+class Preempted(Exception):
+    """SIGTERM/SIGINT arrived; the stage saved its state and stopped. Re-run to resume."""
+
+
+class StopFlag:
+    """Turns SIGTERM (what SLURM sends on preemption) into a flag the training loops poll."""
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopFlag":
+        for sig in (signal.SIGTERM,):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        log.warning("received signal %d: saving a checkpoint and stopping", signum)
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+
+NO_STOP = StopFlag()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"key": np_state[0], "state": torch.from_numpy(np_state[1].astype(np.int64)),
+                       "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Stats:
+    """Appends one JSON line per log step to ``stats.jsonl`` (flushed, so a crash loses nothing)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, **row: Any) -> None:
+        row = {"time": round(time.time(), 3), **row}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+            f.flush()
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: Optional[int] = None) -> Path:
+    """Save images in [0, 1] (N, C, H, W) as one PNG grid, atomically."""
+    from torchvision.utils import save_image
+
+    nrow = nrow or max(1, int(np.ceil(np.sqrt(len(images)))))
+    buf = io.BytesIO()
+    save_image(images.detach().float().cpu().clamp(0, 1), buf, nrow=nrow, padding=2, pad_value=1.0, format="png")
+    return atomic_write(Path(path), lambda p: p.write_bytes(buf.getvalue()))
+
+
+class CheckpointTimer:
+    """True when ``minutes`` have passed since the last reset."""
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60.0
+        self.reset()
+
+    def reset(self) -> None:
+        self.last = time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.seconds

@@ -1,0 +1,49 @@
+"""glann-train: Hydra entry point for the whole pipeline (GLO -> IMLE -> sampler).
+
+    glann-train                                   # README main job: embedded MNIST subset, CPU, offline
+    glann-train data=mnist data.root=../shared/data experiment=mnist_cpu
+    glann-train -m imle.samples_per_latent=2,4 cache_dir=outputs/.stage_cache   # sweep, GLO trained once
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from glann import artifacts
+from glann.cli import config_dir, friendly_errors, setup
+from glann.config import TrainConfig, validate
+
+log = logging.getLogger("glann")
+
+
+@friendly_errors
+def train(cfg: DictConfig) -> dict:
+    conf: TrainConfig = validate(OmegaConf.to_object(cfg))
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    from glann import pipeline
+    from glann.runtime import Preempted, StopFlag
+
+    with StopFlag() as stop:
+        try:
+            results = pipeline.run(conf, run_dir, stop)
+        except Preempted as e:
+            log.warning("%s. Re-run the same command (or resume_dir=%s) to continue.", e, run_dir)
+            sys.exit(143)
+    artifacts.write_json(run_dir / "results.json", results)
+    log.info("done: %s", json.dumps(results, default=str))
+    return results
+
+
+def main() -> None:
+    setup()
+    hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")(train)()
+
+
+if __name__ == "__main__":
+    main()

@@ -111,21 +111,12 @@ def train_glo(data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Pa
             if len(idx) < 2 and cfg.generator.batch_norm:  # BatchNorm cannot train on one image
                 batch_i += 1
                 continue
-            x = data.batch(idx, device)
-            idx_d = idx.to(device)
-            loss = loss_fn(gen(latents(idx_d)), x).mean()
-            if not torch.isfinite(loss):
-                raise TrainingError(f"glo: loss became {loss.item()} at epoch {epoch}, batch {batch_i}; the last "
-                                    f"good checkpoint {state_path if state_path.is_file() else '(none)'} is kept. "
+            loss = glo_step(gen, latents, opt_g, opt_z, loss_fn, data.batch(idx, device), idx.to(device))
+            if not math.isfinite(loss):
+                raise TrainingError(f"glo: loss became {loss} at epoch {epoch}, batch {batch_i}; the last good "
+                                    f"checkpoint {state_path if state_path.is_file() else '(none)'} is kept. "
                                     "Lower glo.lr_generator / glo.lr_latent and re-run to resume")
-            opt_g.zero_grad(set_to_none=True)
-            opt_z.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_g.step()
-            opt_z.step()
-            with torch.no_grad():  # project the updated codes back onto the unit sphere
-                latents.weight[idx_d] = F.normalize(latents.weight[idx_d], dim=1)
-            loss_sum += loss.item() * len(idx)
+            loss_sum += loss * len(idx)
             seen += len(idx)
             batch_i += 1
             if stop or timer.due():
@@ -154,6 +145,23 @@ def train_glo(data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Pa
     artifacts.save_network(out_dir / "generator", gen)
     artifacts.save_tensors(out_dir / "latents.safetensors", {"latents": latents.weight.detach()})
     return {k: v for k, v in row.items() if k.startswith("glo/")}
+
+
+def glo_step(gen: nn.Module, latents: nn.Embedding, opt_g: torch.optim.Optimizer, opt_z: torch.optim.Optimizer,
+             loss_fn: nn.Module, x: torch.Tensor, idx: torch.Tensor) -> float:
+    """One joint step on a batch: only the batch's latent codes move (sparse gradients + SparseAdam), and
+    they are projected back onto the unit sphere. Returns the loss; non-finite losses update nothing."""
+    loss = loss_fn(gen(latents(idx)), x).mean()
+    if not torch.isfinite(loss):
+        return float(loss.item())
+    opt_g.zero_grad(set_to_none=True)
+    opt_z.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_g.step()
+    opt_z.step()
+    with torch.no_grad():
+        latents.weight[idx] = F.normalize(latents.weight[idx], dim=1)
+    return float(loss.item())
 
 
 @torch.no_grad()

@@ -29,7 +29,9 @@ def train(cfg: DictConfig) -> dict:
     from glann import pipeline
     from glann.runtime import Preempted, StopFlag
 
-    with StopFlag() as stop:
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with StopFlag() as stop, logging_redirect_tqdm():
         try:
             results = pipeline.run(conf, run_dir, stop)
         except Preempted as e:

@@ -1,0 +1,85 @@
+"""glann-sample: draw images from a trained pipeline folder.
+
+    glann-sample sampler_dir=outputs/glann/<time>/sampler num_samples=10000 seed=0 output=samples.npz
+    glann-sample sampler_dir=... num_samples=64 output=pngs/        # a folder of PNGs
+
+An ``.npz`` output holds one array under the key ``images``: uint8, shape (N, H, W, C).
+A grid of the first (up to 100) images is written beside it as ``<output>_grid.png``.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+from pathlib import Path
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from glann.cli import config_dir, friendly_errors, setup
+from glann.config import SampleConfig, validate_sample
+from glann.errors import ConfigError
+
+log = logging.getLogger("glann")
+
+NPZ_KEY = "images"
+
+
+def write_samples(images: np.ndarray, output: Path) -> Path:
+    """uint8 (N, H, W, C) -> ``output`` (.npz, key "images") or a folder of numbered PNGs."""
+    from PIL import Image
+
+    from glann.artifacts import atomic_write
+
+    output = Path(output)
+    if output.suffix == ".npz":
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{NPZ_KEY: images})
+        return atomic_write(output, lambda p: p.write_bytes(buf.getvalue()))
+    output.mkdir(parents=True, exist_ok=True)
+    width = max(6, len(str(len(images) - 1)))
+    for i, img in enumerate(images):
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(output / f"{i:0{width}d}.png")
+    return output
+
+
+def check_writable(output: Path) -> None:
+    parent = output.parent if output.suffix == ".npz" else output
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise ConfigError(f"output={output}: not writable")
+
+
+@friendly_errors
+def sample(cfg: DictConfig) -> str:
+    conf: SampleConfig = validate_sample(OmegaConf.to_object(cfg))
+    import torch
+
+    from glann.runtime import resolve_device, save_grid
+    from glann.sampler import GlannSampler
+
+    output = Path(conf.output) if conf.output else Path(HydraConfig.get().runtime.output_dir) / "samples.npz"
+    check_writable(output)
+    sampler = GlannSampler.from_pretrained(conf.sampler_dir, device=resolve_device(conf.device))
+    images = sampler(conf.num_samples, seed=conf.seed, batch_size=conf.batch_size, output_type="np",
+                     progress=True).images
+    path = write_samples(images, output)
+    log.info("wrote %d images %s to %s", len(images), images.shape[1:], path)
+    if conf.grid:
+        grid = torch.from_numpy(images[:100]).permute(0, 3, 1, 2).float() / 255.0
+        stem = output.with_suffix("") if output.suffix == ".npz" else output
+        log.info("grid: %s", save_grid(grid, stem.parent / f"{stem.name}_grid.png"))
+    return str(path)
+
+
+def main() -> None:
+    setup()
+    hydra.main(version_base="1.3", config_path=config_dir(), config_name="sample")(sample)()
+
+
+if __name__ == "__main__":
+    main()

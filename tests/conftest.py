@@ -1,0 +1,44 @@
+"""Fixtures: tiny configs composed through Hydra's compose API, exactly as the apps compose them."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from glann.cli import config_dir, setup
+from glann.config import TrainConfig, validate
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("GLANN_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def compose_train(*overrides: str) -> TrainConfig:
+    """Compose conf/train.yaml with overrides into a validated TrainConfig."""
+    setup()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides))
+    return validate(OmegaConf.to_object(cfg))
+
+
+@pytest.fixture
+def tiny_cfg() -> TrainConfig:
+    return compose_train("debug=tiny")
+
+
+def run_cli(module: str, *args: str, cwd: Path | None = None, env: dict | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m glann.<module> args`` as a user would, capturing output."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", f"glann.{module}", *args], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

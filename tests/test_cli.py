@@ -1,0 +1,70 @@
+"""The apps as a user runs them: exit codes, one-line errors, run folders, sampling, sweeps."""
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    res = run_cli("train", "debug=tiny", f"hydra.run.dir={run_dir}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return run_dir
+
+
+def test_train_writes_a_complete_run_folder(trained_run):
+    for path in ["train.log", ".hydra/config.yaml", "samples.png", "results.json", "sampler/sampler.json",
+                 "glo/stats.jsonl", "imle/stats.jsonl", "glo/grids", "imle/grids"]:
+        assert (trained_run / path).exists(), path
+    log = (trained_run / "train.log").read_text()
+    assert "glo: epoch 2/2" in log and "imle: round 2/2" in log
+
+
+def test_sample_to_npz_and_png_folder(trained_run, tmp_path):
+    out = tmp_path / "s.npz"
+    res = run_cli("sample", f"sampler_dir={trained_run / 'sampler'}", "num_samples=10", "seed=4", f"output={out}",
+                  f"hydra.run.dir={tmp_path / 'h'}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    with np.load(out) as z:
+        images = z["images"]
+    assert images.shape == (10, 16, 16, 1) and images.dtype == np.uint8
+    assert (tmp_path / "s_grid.png").is_file()
+    res = run_cli("sample", f"sampler_dir={trained_run / 'sampler'}", "num_samples=3", f"output={tmp_path / 'pngs'}",
+                  "seed=4", f"hydra.run.dir={tmp_path / 'h2'}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == ["000000.png", "000001.png", "000002.png"]
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "pngs" / "000001.png")), images[1, ..., 0])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["glo.learing_rate=1"], "glo.learing_rate"),
+    (["glo.epochs=many"], "glo.epochs"),
+    (["glo.lr_latent=-0.1"], "glo.lr_latent"),
+    (["imle.batch_size=0"], "imle.batch_size"),
+    (["data=mnist", "data.root=/nonexistent/mnist"], "/nonexistent/mnist"),
+])
+def test_bad_input_is_a_one_line_error(args, needle, tmp_path):
+    res = run_cli("train", "debug=tiny", *args, f"hydra.run.dir={tmp_path}")
+    assert res.returncode != 0
+    assert needle in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_sample_errors(tmp_path):
+    res = run_cli("sample", f"hydra.run.dir={tmp_path}")
+    assert res.returncode != 0 and "sampler_dir is required" in res.stderr
+    res = run_cli("sample", f"sampler_dir={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path}")
+    assert res.returncode != 0 and "does not exist" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("sample", f"sampler_dir={tmp_path}", "num_samples=0", f"hydra.run.dir={tmp_path}")
+    assert res.returncode != 0 and "num_samples" in res.stderr
+
+
+def test_two_job_multirun(tmp_path):
+    res = run_cli("train", "-m", "debug=tiny", "imle.samples_per_latent=1,2", f"hydra.sweep.dir={tmp_path}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    for job in ("0", "1"):
+        assert (tmp_path / job / "sampler" / "sampler.json").is_file()
+    assert (tmp_path / "multirun.yaml").is_file()

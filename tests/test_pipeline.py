@@ -1,0 +1,53 @@
+import json
+
+import numpy as np
+import torch
+
+from glann import pipeline
+from glann.sampler import GlannSampler
+
+from conftest import compose_train
+
+
+def test_whole_pipeline_on_tiny_config(tiny_cfg, tmp_path):
+    results = pipeline.run(tiny_cfg, tmp_path, progress=False)
+    for path in ["glo/manifest.json", "glo/generator/model.safetensors", "glo/latents.safetensors",
+                 "imle/manifest.json", "imle/mapper/config.json", "sampler/sampler.json", "samples.png"]:
+        assert (tmp_path / path).is_file(), path
+    sampler = GlannSampler.from_pretrained(results["sampler_dir"])
+    images = sampler(5, seed=0).images
+    assert images.shape == (5, 16, 16, 1) and images.dtype == np.uint8
+    manifest = json.loads((tmp_path / "imle" / "manifest.json").read_text())
+    assert manifest["inputs"]["glo_hash"] == json.loads((tmp_path / "glo" / "manifest.json").read_text())["config_hash"]
+
+
+def test_rerun_skips_finished_stages_and_changed_imle_config_retrains_only_imle(tmp_path, caplog):
+    cfg = compose_train("debug=tiny")
+    pipeline.run(cfg, tmp_path, progress=False)
+    glo_mtime = (tmp_path / "glo" / "generator" / "model.safetensors").stat().st_mtime_ns
+    imle_mtime = (tmp_path / "imle" / "mapper" / "model.safetensors").stat().st_mtime_ns
+    with caplog.at_level("INFO"):
+        pipeline.run(cfg, tmp_path, progress=False)
+    assert "glo: reusing finished stage" in caplog.text and "imle: reusing finished stage" in caplog.text
+    assert (tmp_path / "imle" / "mapper" / "model.safetensors").stat().st_mtime_ns == imle_mtime
+    # New IMLE settings: GLO is kept, IMLE retrains from scratch (its old state belongs to another config).
+    cfg2 = compose_train("debug=tiny", "imle.samples_per_latent=3", "imle.rounds=3")
+    import shutil
+
+    shutil.rmtree(tmp_path / "imle" / "state")
+    pipeline.run(cfg2, tmp_path, progress=False)
+    assert (tmp_path / "glo" / "generator" / "model.safetensors").stat().st_mtime_ns == glo_mtime
+    rows = (tmp_path / "imle" / "stats.jsonl").read_text().splitlines()
+    assert json.loads(rows[-1])["round"] == 3
+
+
+def test_glo_resumes_from_its_checkpoint(tmp_path):
+    cfg = compose_train("debug=tiny", "glo.epochs=2", "stages=[glo]")
+    pipeline.run(cfg, tmp_path, progress=False)
+    state = torch.load(tmp_path / "glo" / "state" / "last.pt", weights_only=True)
+    assert state["epoch"] == 2
+    # More epochs: the manifest no longer matches, training continues from epoch 2 (not from 0).
+    cfg4 = compose_train("debug=tiny", "glo.epochs=4", "stages=[glo]")
+    pipeline.run(cfg4, tmp_path, progress=False)
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "glo" / "stats.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]

@@ -143,6 +143,13 @@ def load_state(path: Path) -> dict:
                             f"{str(e).splitlines()[0] if str(e) else ''}); delete it to restart the stage") from None
 
 
+def check_resume_key(state: dict, resume_key: str, path: Path) -> None:
+    if state.get("resume_key", "") != resume_key:
+        raise ArtifactError(f"checkpoint {path} was written with other settings (key {state.get('resume_key')!r}, "
+                            f"now {resume_key!r}); delete {Path(path).parent} to retrain this stage, or use a new "
+                            "run folder")
+
+
 # -- stage manifests -------------------------------------------------------------------------------
 
 def write_manifest(stage_dir: Path, config_digest: str, inputs: dict, **extra: Any) -> Path:

@@ -53,7 +53,9 @@ def generator_arch(cfg: GLOConfig, image_shape: tuple[int, int, int]) -> Generat
 
 
 def train_glo(data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Path, device: torch.device,
-              seed: int = 0, stop: StopFlag = NO_STOP, progress: bool = True) -> dict:
+              seed: int = 0, stop: StopFlag = NO_STOP, progress: bool = True, resume_key: str = "") -> dict:
+    """Train (or resume) GLO into ``out_dir``. ``resume_key`` identifies the settings a checkpoint must share
+    to be resumed (everything but the epoch count and logging); a mismatch is an error, not a silent mix."""
     out_dir = Path(out_dir)
     n = len(data)
     gen = Generator(generator_arch(cfg, data.shape)).to(device)
@@ -72,11 +74,12 @@ def train_glo(data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Pa
         artifacts.save_state(state_path, {
             "generator": gen.state_dict(), "latents": latents.weight.detach(), "opt_g": opt_g.state_dict(),
             "opt_z": opt_z.state_dict(), "sched_g": sched_g.state_dict(), "sched_z": sched_z.state_dict(),
-            "epoch": epoch, "batch": batch_i, "num_images": n, "rng": rng_state()})
+            "epoch": epoch, "batch": batch_i, "num_images": n, "rng": rng_state(), "resume_key": resume_key})
         timer.reset()
 
     if state_path.is_file():
         state = artifacts.load_state(state_path)
+        artifacts.check_resume_key(state, resume_key, state_path)
         if state.get("num_images") != n or tuple(state["latents"].shape) != (n, cfg.latent_dim):
             raise ArtifactError(f"checkpoint {state_path} is from an incompatible config "
                                 f"(latents {tuple(state['latents'].shape)}, need {(n, cfg.latent_dim)}); "

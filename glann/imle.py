@@ -51,7 +51,8 @@ def matching_round(mapper: nn.Module, latents: torch.Tensor, num_samples: int, n
 
 
 def train_imle(latents: torch.Tensor, cfg: IMLEConfig, out_dir: Path, device: torch.device, seed: int = 0,
-               generator: Optional[nn.Module] = None, stop: StopFlag = NO_STOP, progress: bool = True) -> dict:
+               generator: Optional[nn.Module] = None, stop: StopFlag = NO_STOP, progress: bool = True,
+               resume_key: str = "") -> dict:
     out_dir = Path(out_dir)
     latents = latents.float().cpu()
     n, dim = latents.shape
@@ -62,6 +63,7 @@ def train_imle(latents: torch.Tensor, cfg: IMLEConfig, out_dir: Path, device: to
     start = 0
     if state_path.is_file():
         state = artifacts.load_state(state_path)
+        artifacts.check_resume_key(state, resume_key, state_path)
         try:
             mapper.load_state_dict(state["mapper"])
             opt.load_state_dict(state["opt"])
@@ -107,7 +109,7 @@ def train_imle(latents: torch.Tensor, cfg: IMLEConfig, out_dir: Path, device: to
         bar.set_postfix(nn_dist=f"{row['imle/nn_dist']:.4f}")
         bar.update(1)
         artifacts.save_state(state_path, {"mapper": mapper.state_dict(), "opt": opt.state_dict(), "round": rnd + 1,
-                                          "num_latents": n, "rng": rng_state()})
+                                          "num_latents": n, "rng": rng_state(), "resume_key": resume_key})
         if generator is not None and cfg.grid_every and ((rnd + 1) % cfg.grid_every == 0 or rnd + 1 == cfg.rounds):
             with torch.no_grad():
                 images = generator(map_noise(mapper, grid_noise, device).to(device))

@@ -62,7 +62,8 @@ def run(cfg: TrainConfig, run_dir: Path, stop: StopFlag = NO_STOP, progress: boo
                 log.info("glo: reusing finished stage %s (config hash %s)", glo_dir, glo_key)
             else:
                 t0 = time.time()
-                results.update(train_glo(data, cfg.glo, cfg.loss, glo_dir, device, cfg.seed, stop, progress))
+                results.update(train_glo(data, cfg.glo, cfg.loss, glo_dir, device, cfg.seed, stop, progress,
+                                         resume_key=resume_key("glo", cfg, data.fingerprint)))
                 artifacts.write_manifest(glo_dir, glo_key, {"data": data.fingerprint, "data_name": data.name},
                                          num_images=len(data), image_shape=list(data.shape),
                                          seconds=round(time.time() - t0, 1), metrics=results)
@@ -77,7 +78,8 @@ def run(cfg: TrainConfig, run_dir: Path, stop: StopFlag = NO_STOP, progress: boo
             _require(glo_dir, glo_key, "glo")
             generator, latents = load_glo(glo_dir, device)
             t0 = time.time()
-            results.update(train_imle(latents, cfg.imle, imle_dir, device, cfg.seed, generator, stop, progress))
+            results.update(train_imle(latents, cfg.imle, imle_dir, device, cfg.seed, generator, stop, progress,
+                                      resume_key=resume_key("imle", cfg, glo_key)))
             artifacts.write_manifest(imle_dir, imle_key, {"glo": str(glo_dir), "glo_hash": glo_key},
                                      seconds=round(time.time() - t0, 1), metrics=results)
 
@@ -93,6 +95,19 @@ def run(cfg: TrainConfig, run_dir: Path, stop: StopFlag = NO_STOP, progress: boo
         log.info("sampler: wrote %s and %s", sampler_dir, grid)
         results["sampler_dir"] = str(sampler_dir)
     return results
+
+
+# Settings that change what a stage computes but not the trajectory so far: a checkpoint written under other
+# values of these can be resumed (train for more epochs/rounds, log differently).
+_RESUMABLE_CHANGES = {"glo": {"epochs", "grid_every", "checkpoint_every", "checkpoint_minutes"},
+                      "imle": {"rounds", "grid_every", "knn_device"}}
+
+
+def resume_key(stage: str, cfg: TrainConfig, *inputs: str) -> str:
+    fields = {k: v for k, v in asdict(getattr(cfg, stage)).items() if k not in _RESUMABLE_CHANGES[stage]}
+    if stage == "glo":
+        fields["loss"] = asdict(cfg.loss)
+    return artifacts.config_hash({"fields": fields, "inputs": inputs, "seed": cfg.seed})
 
 
 def _require(stage_dir: Path, digest: str, name: str) -> None:

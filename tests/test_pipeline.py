@@ -1,9 +1,13 @@
 import json
+import shutil
+
+import pytest
 
 import numpy as np
 import torch
 
 from glann import pipeline
+from glann.errors import ArtifactError
 from glann.sampler import GlannSampler
 
 from conftest import compose_train
@@ -30,11 +34,12 @@ def test_rerun_skips_finished_stages_and_changed_imle_config_retrains_only_imle(
         pipeline.run(cfg, tmp_path, progress=False)
     assert "glo: reusing finished stage" in caplog.text and "imle: reusing finished stage" in caplog.text
     assert (tmp_path / "imle" / "mapper" / "model.safetensors").stat().st_mtime_ns == imle_mtime
-    # New IMLE settings: GLO is kept, IMLE retrains from scratch (its old state belongs to another config).
+    # New IMLE settings: the old IMLE checkpoint belongs to other settings and is refused, not mixed in;
+    # once it is deleted, GLO is kept and IMLE retrains from scratch.
     cfg2 = compose_train("debug=tiny", "imle.samples_per_latent=3", "imle.rounds=3")
-    import shutil
-
-    shutil.rmtree(tmp_path / "imle" / "state")
+    with pytest.raises(ArtifactError, match="written with other settings"):
+        pipeline.run(cfg2, tmp_path, progress=False)
+    shutil.rmtree(tmp_path / "imle")
     pipeline.run(cfg2, tmp_path, progress=False)
     assert (tmp_path / "glo" / "generator" / "model.safetensors").stat().st_mtime_ns == glo_mtime
     rows = (tmp_path / "imle" / "stats.jsonl").read_text().splitlines()

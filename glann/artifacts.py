@@ -61,6 +61,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def remove_stale_temps(folder: Path) -> int:
+    """Delete temporary files that a killed ``atomic_write`` left behind in ``folder`` (recursively)."""
+    count = 0
+    for tmp in Path(folder).rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+        count += 1
+    return count
+
+
 def write_json(path: Path, obj: Any) -> Path:
     data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
     return atomic_write(path, lambda p: p.write_bytes(data))

@@ -105,7 +105,7 @@ class TrainConfig:
     num_threads: Optional[int] = None  # torch CPU threads (None: torch default)
     run_name: str = "glann"
     resume_dir: Optional[str] = None  # continue/skip stages of an existing run folder
-    cache_dir: Optional[str] = None  # shared stage cache (GLO reuse across sweeps); None: off
+    cache_dir: Optional[str] = None  # content-addressed GLO stages shared by runs and sweep jobs; None: off
     stages: List[str] = field(default_factory=lambda: ["glo", "imle", "sampler"])
 
 

@@ -104,7 +104,8 @@ def train_glo(data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Pa
     timer = CheckpointTimer(cfg.checkpoint_minutes)
     grid_idx = torch.arange(min(32, n))
     row: dict = {}
-    bar = tqdm(total=cfg.epochs, initial=epoch, desc="glo", unit="epoch", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=cfg.epochs * batches_per_epoch, initial=epoch * batches_per_epoch + batch_i, desc="glo",
+               unit="batch", disable=not progress, dynamic_ncols=True, mininterval=1.0)
     while epoch < cfg.epochs:
         gen.train()
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
@@ -113,6 +114,7 @@ def train_glo(data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Pa
             idx = perm[batch_i * cfg.batch_size:(batch_i + 1) * cfg.batch_size]
             if len(idx) < 2 and cfg.generator.batch_norm:  # BatchNorm cannot train on one image
                 batch_i += 1
+                bar.update(1)
                 continue
             loss = glo_step(gen, latents, opt_g, opt_z, loss_fn, data.batch(idx, device), idx.to(device))
             if not math.isfinite(loss):
@@ -122,6 +124,7 @@ def train_glo(data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Pa
             loss_sum += loss * len(idx)
             seen += len(idx)
             batch_i += 1
+            bar.update(1)
             if stop or timer.due():
                 checkpoint()
                 if stop:
@@ -134,8 +137,7 @@ def train_glo(data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Pa
                "glo/lr_generator": opt_g.param_groups[0]["lr"], "glo/lr_latent": opt_z.param_groups[0]["lr"]}
         stats.write(**row)
         log.info("glo: epoch %d/%d loss %.5f (%.0f img/s)", epoch, cfg.epochs, row["glo/loss"], row["glo/images_per_s"])
-        bar.set_postfix(loss=f"{row['glo/loss']:.4f}")
-        bar.update(1)
+        bar.set_postfix(epoch=epoch, loss=f"{row['glo/loss']:.4f}")
         if cfg.grid_every and (epoch % cfg.grid_every == 0 or epoch == cfg.epochs):
             save_recon_grid(gen, latents.weight, data, grid_idx, out_dir / "grids" / f"recon_{epoch:04d}.png", device)
         if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:

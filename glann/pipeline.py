@@ -57,6 +57,7 @@ def run(cfg: TrainConfig, run_dir: Path, stop: StopFlag = NO_STOP, progress: boo
     glo_dir = stage_folder(run_dir, "glo", glo_key, cfg.cache_dir)
     if "glo" in cfg.stages:
         with FileLock(str(glo_dir) + ".lock") if cfg.cache_dir else nullcontext():
+            artifacts.remove_stale_temps(glo_dir)
             manifest = artifacts.completed(glo_dir, glo_key)
             if manifest:
                 log.info("glo: reusing finished stage %s (config hash %s)", glo_dir, glo_key)
@@ -71,6 +72,8 @@ def run(cfg: TrainConfig, run_dir: Path, stop: StopFlag = NO_STOP, progress: boo
     imle_key = artifacts.config_hash({"imle": asdict(cfg.imle), "glo": glo_key, "seed": cfg.seed})
     imle_dir = run_dir / "imle"
     if "imle" in cfg.stages:
+        if imle_dir.is_dir():
+            artifacts.remove_stale_temps(imle_dir)
         manifest = artifacts.completed(imle_dir, imle_key)
         if manifest:
             log.info("imle: reusing finished stage %s (config hash %s)", imle_dir, imle_key)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
-import os
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -46,12 +46,17 @@ def write_samples(images: np.ndarray, output: Path) -> Path:
 
 
 def check_writable(output: Path) -> None:
-    parent = output.parent if output.suffix == ".npz" else output
-    probe = parent
+    """Fail before sampling when ``output`` cannot be written (a file in the way, read-only place)."""
+    folder = output.parent if output.suffix == ".npz" else output
+    probe = folder
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
-        raise ConfigError(f"output={output}: not writable")
+    if not probe.is_dir():
+        raise ConfigError(f"output={output}: {probe} is not a directory")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise ConfigError(f"output={output}: cannot write to {probe} ({e.strerror})") from None
 
 
 @friendly_errors

@@ -26,7 +26,8 @@ def compose_train(*overrides: str) -> TrainConfig:
     setup()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides))
+        # Tests keep their stages in their own folders unless they ask for the shared cache.
+        cfg = compose(config_name="train", overrides=["cache_dir=null", *overrides])
     return validate(OmegaConf.to_object(cfg))
 
 

@@ -8,7 +8,7 @@ from conftest import run_cli
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
-    res = run_cli("train", "debug=tiny", f"hydra.run.dir={run_dir}")
+    res = run_cli("train", "debug=tiny", f"hydra.run.dir={run_dir}", f"cache_dir={run_dir / 'cache'}")
     assert res.returncode == 0, res.stderr[-3000:]
     return run_dir
 
@@ -63,8 +63,15 @@ def test_sample_errors(tmp_path):
 
 
 def test_two_job_multirun(tmp_path):
-    res = run_cli("train", "-m", "debug=tiny", "imle.samples_per_latent=1,2", f"hydra.sweep.dir={tmp_path}")
+    res = run_cli("train", "-m", "debug=tiny", "imle.samples_per_latent=1,2", f"hydra.sweep.dir={tmp_path}",
+                  f"cache_dir={tmp_path / 'cache'}")
     assert res.returncode == 0, res.stderr[-3000:]
     for job in ("0", "1"):
         assert (tmp_path / job / "sampler" / "sampler.json").is_file()
     assert (tmp_path / "multirun.yaml").is_file()
+    # GLO was trained once (2 epochs logged in one shared folder) and reused by the second job.
+    glo0, glo1 = (tmp_path / "0" / "glo").resolve(), (tmp_path / "1" / "glo").resolve()
+    assert glo0 == glo1 and glo0.parent == (tmp_path / "cache").resolve()
+    assert len((glo0 / "stats.jsonl").read_text().splitlines()) == 2
+    assert "glo: reusing finished stage" in (tmp_path / "1" / "train.log").read_text()
+    assert "glo: reusing" not in (tmp_path / "0" / "train.log").read_text()

@@ -48,6 +48,7 @@ class GLOConfig:
     lr_decay_every: int = 50  # epochs between lr decays (step decay)
     lr_decay: float = 0.5
     latent_init: str = "pca"  # pca | random
+    latent_optimizer: str = "row_adam"  # row_adam (per-code bias correction) | sparse_adam (torch.optim.SparseAdam)
     grid_every: int = 1  # epochs between reconstruction grids (0: never)
     checkpoint_every: int = 1  # epochs between training-state checkpoints
     checkpoint_minutes: float = 10.0  # ... and at most this long between them (mid-epoch)
@@ -146,6 +147,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"{key} must be in [0, 1), got {value}")
     if cfg.glo.latent_init not in ("pca", "random"):
         raise ConfigError(f"glo.latent_init must be 'pca' or 'random', got {cfg.glo.latent_init!r}")
+    if cfg.glo.latent_optimizer not in ("row_adam", "sparse_adam"):
+        raise ConfigError(f"glo.latent_optimizer must be 'row_adam' or 'sparse_adam', got {cfg.glo.latent_optimizer!r}")
     if cfg.loss.name not in ("lap1", "vgg"):
         raise ConfigError(f"loss.name must be 'lap1' or 'vgg', got {cfg.loss.name!r}")
     if cfg.loss.name == "vgg" and not set(cfg.loss.vgg_layers) <= {1, 2, 3, 4, 5}:

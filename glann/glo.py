@@ -61,7 +61,8 @@ def train_glo(data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Pa
     gen = Generator(generator_arch(cfg, data.shape)).to(device)
     latents = nn.Embedding(n, cfg.latent_dim, sparse=True).to(device)
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr_generator, betas=(cfg.beta1, cfg.beta2))
-    opt_z = torch.optim.SparseAdam(latents.parameters(), lr=cfg.lr_latent, betas=(cfg.beta1, cfg.beta2))
+    opt_z = (RowAdam if cfg.latent_optimizer == "row_adam" else torch.optim.SparseAdam)(
+        latents.parameters(), lr=cfg.lr_latent, betas=(cfg.beta1, cfg.beta2))
     sched_g = torch.optim.lr_scheduler.StepLR(opt_g, cfg.lr_decay_every, cfg.lr_decay)
     sched_z = torch.optim.lr_scheduler.StepLR(opt_z, cfg.lr_decay_every, cfg.lr_decay)
     loss_fn = build_loss(loss_cfg).to(device)
@@ -209,3 +210,41 @@ def load_glo(stage_dir: Path, device: torch.device | str = "cpu") -> tuple[nn.Mo
     gen = artifacts.load_network(Path(stage_dir) / "generator", device)
     z = artifacts.load_tensors(Path(stage_dir) / "latents.safetensors")["latents"]
     return gen, z
+
+
+class RowAdam(torch.optim.Optimizer):
+    """Adam for a latent table with sparse gradients, with moments *and bias correction per row*.
+
+    Each code is seen once per epoch. ``torch.optim.SparseAdam`` bias-corrects with the table's global step
+    count, so a code's second moment looks ~1/(1-beta2^t) too small after a few epochs and its steps blow up
+    to ~10x the learning rate. Here row i is corrected with its own update count: exactly Adam, as if
+    every code were its own parameter that is updated only when its image is in the batch.
+    """
+
+    def __init__(self, params, lr: float = 1e-2, betas: tuple[float, float] = (0.5, 0.999), eps: float = 1e-8):
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad.coalesce() if p.grad.is_sparse else p.grad.to_sparse(1).coalesce()
+                rows, g = grad.indices()[0], grad.values()
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                    state["row_steps"] = torch.zeros(p.shape[0], dtype=p.dtype, device=p.device)
+                state["row_steps"][rows] += 1
+                t = state["row_steps"][rows].unsqueeze(1)
+                m = state["exp_avg"][rows].mul_(beta1).add_(g, alpha=1 - beta1)
+                v = state["exp_avg_sq"][rows].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                state["exp_avg"][rows] = m
+                state["exp_avg_sq"][rows] = v
+                m_hat = m / (1 - beta1 ** t)
+                v_hat = v / (1 - beta2 ** t)
+                p[rows] -= group["lr"] * m_hat / (v_hat.sqrt() + group["eps"])
+        return None

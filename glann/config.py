@@ -94,6 +94,20 @@ class SamplerConfig:
 
 
 @dataclass
+class EvalOptions:
+    metrics: List[str] = field(default_factory=list)  # fid kid pr recon_fid glo_gaussian memorization
+    num_samples: int = 10000
+    num_real: int = 10000  # reference images whose features are computed (and cached)
+    seed: int = 0
+    batch_size: int = 50
+    inception_weights: Optional[str] = None  # local weights file; None: $GLANN_FID_WEIGHTS or download
+    fid_stats: Optional[str] = None  # precomputed reference stats (.npz with mu, sigma) for FID
+    cache_dir: Optional[str] = None  # reference features cache; None: ~/.cache/glann/inception
+    device: str = "auto"
+    progress: bool = True
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     glo: GLOConfig = field(default_factory=GLOConfig)
@@ -108,6 +122,7 @@ class TrainConfig:
     resume_dir: Optional[str] = None  # continue/skip stages of an existing run folder
     cache_dir: Optional[str] = None  # content-addressed GLO stages shared by runs and sweep jobs; None: off
     stages: List[str] = field(default_factory=lambda: ["glo", "imle", "sampler"])
+    eval: EvalOptions = field(default_factory=EvalOptions)  # metrics after training (none by default)
 
 
 @dataclass
@@ -119,6 +134,15 @@ class SampleConfig:
     output: Optional[str] = None  # *.npz file or a folder of PNGs; default samples.npz in the run dir
     grid: bool = True  # also write a grid PNG next to the output
     device: str = "auto"
+
+
+@dataclass
+class EvalConfig:
+    sampler_dir: Optional[str] = None  # a trained sampler folder to evaluate
+    sweep_dir: Optional[str] = None  # or: a multirun folder to tabulate
+    data: DataConfig = field(default_factory=DataConfig)  # reference split (FID/KID/PR, memorisation "test")
+    train_data: DataConfig = field(default_factory=DataConfig)  # training split (memorisation)
+    eval: EvalOptions = field(default_factory=lambda: EvalOptions(metrics=["fid", "kid", "pr"]))
 
 
 STAGES = ("glo", "imle", "sampler")
@@ -200,8 +224,10 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_train", node=TrainConfig)
     cs.store(name="base_sample", node=SampleConfig)
+    cs.store(name="base_eval", node=EvalConfig)
     cs.store(group="data", name="base_data", node=DataConfig)
     cs.store(group="glo", name="base_glo", node=GLOConfig)
     cs.store(group="loss", name="base_loss", node=LossConfig)
     cs.store(group="imle", name="base_imle", node=IMLEConfig)
     cs.store(group="sampler", name="base_sampler", node=SamplerConfig)
+    cs.store(group="eval", name="base_eval_options", node=EvalOptions)

@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -18,7 +18,7 @@ from filelock import FileLock
 
 from glann import artifacts
 from glann.config import TrainConfig
-from glann.data import load_dataset
+from glann.data import TORCHVISION_SETS, load_dataset
 from glann.glo import load_glo, train_glo
 from glann.imle import train_imle
 from glann.runtime import NO_STOP, StopFlag, resolve_device, save_grid, seed_everything
@@ -97,6 +97,12 @@ def run(cfg: TrainConfig, run_dir: Path, stop: StopFlag = NO_STOP, progress: boo
         grid = save_grid(images, run_dir / "samples.png")
         log.info("sampler: wrote %s and %s", sampler_dir, grid)
         results["sampler_dir"] = str(sampler_dir)
+        if cfg.eval.metrics:
+            from glann.evaluate import evaluate
+
+            reference = replace(cfg.data, split="test") if cfg.data.name in TORCHVISION_SETS else cfg.data
+            metrics = evaluate(sampler_dir, reference, cfg.eval, run_dir / "eval", train_cfg=cfg.data)
+            results.update({f"eval/{k}": v for k, v in metrics.items()})
     return results
 
 

@@ -1,0 +1,51 @@
+"""glann-eval: sample-quality metrics for a trained pipeline, or a table of a sweep.
+
+    glann-eval sampler_dir=outputs/mnist_cpu/<time>/sampler data=mnist data.root=../shared/data \
+        eval.metrics=[fid,kid,pr,recon_fid,glo_gaussian,memorization] eval.num_samples=10000
+    glann-eval sweep_dir=outputs/multirun/<time>
+
+Prints a table and writes ``metrics.json`` (and figures) into the eval run folder.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from glann.cli import config_dir, friendly_errors, setup
+from glann.config import EvalConfig
+from glann.errors import ConfigError
+
+log = logging.getLogger("glann")
+
+
+@friendly_errors
+def run_eval(cfg: DictConfig) -> dict:
+    conf: EvalConfig = OmegaConf.to_object(cfg)
+    if conf.sweep_dir:
+        from glann.sweep import build_table
+
+        table = build_table(conf.sweep_dir)
+        print(table.read_text())
+        return {"sweep_table": str(table)}
+    if not conf.sampler_dir:
+        raise ConfigError("give sampler_dir=<run>/sampler (or sweep_dir=<multirun folder>)")
+    from glann.evaluate import evaluate, format_table
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    results = evaluate(Path(conf.sampler_dir), conf.data, conf.eval, out_dir, conf.train_data)
+    print(format_table(results))
+    log.info("metrics: %s", out_dir / "metrics.json")
+    return results
+
+
+def main() -> None:
+    setup()
+    hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")(run_eval)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Evaluate a trained pipeline the way papers do: FID, KID, precision/recall on TF-Inception features,
+GLANN's own baselines (reconstruction FID, GLO + Gaussian) and memorisation.
+
+Reference features of a dataset split are computed once and cached (``<cache_dir>/<fingerprint>.npy``).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from glann import artifacts
+from glann.config import DataConfig, EvalOptions
+from glann.data import ImageData, load_dataset
+from glann.errors import ArtifactError, ConfigError
+from glann.metrics import InceptionFeatures, frechet_distance, kid, load_stats, precision_recall, stats
+from glann.runtime import save_grid
+from glann.sampler import GlannSampler, to_uint8
+
+log = logging.getLogger(__name__)
+
+METRICS = ("fid", "kid", "pr", "recon_fid", "glo_gaussian", "memorization")
+# Fewest samples each metric can be computed from (KID subsets, PR k-NN, a full-rank-ish covariance).
+MIN_SAMPLES = {"fid": 10, "kid": 2, "pr": 4, "recon_fid": 10, "glo_gaussian": 10, "memorization": 1}
+
+
+def check_options(opts: EvalOptions) -> None:
+    unknown = [m for m in opts.metrics if m not in METRICS]
+    if unknown:
+        raise ConfigError(f"metrics: unknown metric(s) {unknown}; choose from {list(METRICS)}")
+    for m in opts.metrics:
+        if opts.num_samples < MIN_SAMPLES[m]:
+            raise ConfigError(f"num_samples={opts.num_samples} is too small for {m} (needs >= {MIN_SAMPLES[m]})")
+    if opts.num_samples <= 0 or opts.num_real <= 0:
+        raise ConfigError("num_samples and num_real must be positive")
+
+
+def _cache_root(opts: EvalOptions) -> Path:
+    return Path(opts.cache_dir).expanduser() if opts.cache_dir else Path.home() / ".cache" / "glann" / "inception"
+
+
+def uint8_nchw(data: ImageData, idx: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(data.images[idx])
+
+
+def reference_features(data: ImageData, extractor: InceptionFeatures, opts: EvalOptions) -> np.ndarray:
+    n = min(opts.num_real, len(data))
+    idx = np.sort(np.random.default_rng(opts.seed).permutation(len(data))[:n])  # random, not "first N"
+    path = _cache_root(opts) / f"{data.name}_{data.fingerprint}_{n}_{opts.seed}.npy"
+    if path.is_file():
+        log.info("reference features: cached %s", path)
+        return np.load(path)
+    feats = extractor(uint8_nchw(data, idx), progress=opts.progress, desc=f"inception ({data.name})")
+
+    def write(p: Path) -> None:
+        with open(p, "wb") as f:
+            np.save(f, feats)
+
+    artifacts.atomic_write(path, write)
+    return feats
+
+
+def _sampler_dir_check(sampler_dir: Path) -> None:
+    if not (Path(sampler_dir) / "sampler.json").is_file():
+        raise ArtifactError(f"{sampler_dir} is not a sampler directory (no sampler.json)")
+
+
+def glo_stage_of(sampler_dir: Path) -> Path:
+    """The GLO stage next to a run's sampler folder (``<run>/glo``), for the baselines."""
+    glo_dir = Path(sampler_dir).resolve().parent / "glo"
+    if not (glo_dir / "latents.safetensors").is_file():
+        raise ArtifactError(f"recon_fid and glo_gaussian need the run's GLO stage at {glo_dir} (latents.safetensors)")
+    return glo_dir
+
+
+def gaussian_latents(latents: torch.Tensor, num: int, seed: int) -> torch.Tensor:
+    """'GLO + Gaussian' baseline: samples of a full-covariance Gaussian fitted to the GLO latents."""
+    z = latents.double()
+    mean = z.mean(0)
+    cov = torch.cov(z.T) + 1e-6 * torch.eye(z.shape[1], dtype=z.dtype)
+    dist = torch.distributions.MultivariateNormal(mean, covariance_matrix=cov)
+    torch.manual_seed(seed)
+    return dist.sample((num,)).float()
+
+
+def memorization(samples: np.ndarray, train: ImageData, test: ImageData, out_dir: Path,
+                 threshold_quantile: float = 0.01, chunk: int = 1024) -> dict:
+    """Pixel-space L2 distance from each sample to its nearest training image, against the same for held-out
+    test images. A sample is a near-copy when it is closer to the training set than 99% of test images are."""
+    from glann.knn import nearest_neighbors
+
+    def flat(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).reshape(len(a), -1).float() / 255.0
+
+    train_flat = flat(train.images)
+    s_idx, s_dist = nearest_neighbors(train_flat, flat(samples), device="cpu")
+    n_test = min(len(test), len(samples))
+    _, t_dist = nearest_neighbors(train_flat, flat(test.images[:n_test]), device="cpu")
+    threshold = float(torch.quantile(t_dist, threshold_quantile))
+    near = (s_dist < threshold).float().mean().item()
+    order = torch.argsort(s_dist)[:16]
+    pairs = []
+    for i in order.tolist():
+        pairs += [torch.from_numpy(np.ascontiguousarray(samples[i])).float() / 255.0,
+                  torch.from_numpy(np.ascontiguousarray(train.images[s_idx[i]])).float() / 255.0]
+    figure = save_grid(torch.stack(pairs), Path(out_dir) / "memorization_closest_pairs.png", nrow=8)
+    return {"memorization/sample_nn_dist_median": float(s_dist.median()),
+            "memorization/test_nn_dist_median": float(t_dist.median()),
+            "memorization/near_copy_threshold": threshold,
+            "memorization/near_copy_fraction": near,
+            "memorization/figure": str(figure)}
+
+
+def evaluate(sampler_dir: Path, data_cfg: DataConfig, opts: EvalOptions, out_dir: Path,
+             train_cfg: Optional[DataConfig] = None) -> dict:
+    """Compute ``opts.metrics`` for the sampler at ``sampler_dir`` against ``data_cfg`` (the reference split).
+
+    ``train_cfg`` is the training split, needed by ``memorization``."""
+    check_options(opts)
+    sampler_dir, out_dir = Path(sampler_dir), Path(out_dir)
+    _sampler_dir_check(sampler_dir)
+    from glann.runtime import resolve_device
+
+    device = resolve_device(opts.device)
+    sampler = GlannSampler.from_pretrained(sampler_dir, device=device)
+    reference = load_dataset(data_cfg, opts.seed)
+    if reference.shape != sampler.image_shape:
+        raise ConfigError(f"data {data_cfg.name} has images of shape {reference.shape}, the sampler makes "
+                          f"{sampler.image_shape}; set data.image_size/data.channels to match")
+    results: dict = {"num_samples": opts.num_samples}
+    samples = sampler(opts.num_samples, seed=opts.seed, batch_size=500, progress=opts.progress).images
+    save_grid(torch.from_numpy(samples[:100]).permute(0, 3, 1, 2).float() / 255.0, out_dir / "samples.png")
+    needs_inception = [m for m in opts.metrics if m != "memorization"]
+    if needs_inception:
+        extractor = InceptionFeatures(opts.inception_weights, device, opts.batch_size)
+        fake = extractor(samples, progress=opts.progress, desc="inception (samples)")
+        real = None
+        if any(m in opts.metrics for m in ("kid", "pr")) or not opts.fid_stats:
+            real = reference_features(reference, extractor, opts)
+            results["num_real"] = len(real)
+        ref_stats = load_stats(opts.fid_stats) if opts.fid_stats else stats(real)
+
+        def fid_of(features: np.ndarray) -> float:
+            return frechet_distance(*stats(features), *ref_stats)
+
+        if "fid" in opts.metrics:
+            results["fid"] = fid_of(fake)
+        if "kid" in opts.metrics:
+            results["kid"], results["kid_std"] = kid(fake, real, subset_size=min(1000, len(fake), len(real)))
+        if "pr" in opts.metrics:
+            results["precision"], results["recall"] = precision_recall(real, fake, k=3)
+        if "recon_fid" in opts.metrics or "glo_gaussian" in opts.metrics:
+            glo_dir = glo_stage_of(sampler_dir)
+            latents = artifacts.load_tensors(glo_dir / "latents.safetensors")["latents"]
+            if "recon_fid" in opts.metrics:
+                pick = torch.randperm(len(latents), generator=torch.Generator().manual_seed(opts.seed))
+                recon = to_uint8(sampler.decode(latents[pick[:opts.num_samples]]))
+                results["recon_fid"] = fid_of(extractor(recon, opts.progress, "inception (reconstructions)"))
+            if "glo_gaussian" in opts.metrics:
+                gauss = to_uint8(sampler.decode(gaussian_latents(latents, opts.num_samples, opts.seed)))
+                save_grid(torch.from_numpy(gauss[:100]).permute(0, 3, 1, 2).float() / 255.0,
+                          out_dir / "glo_gaussian_samples.png")
+                results["glo_gaussian_fid"] = fid_of(extractor(gauss, opts.progress, "inception (GLO+Gaussian)"))
+    if "memorization" in opts.metrics:
+        if train_cfg is None:
+            raise ConfigError("memorization needs the training split (train_data)")
+        nchw = samples.transpose(0, 3, 1, 2)
+        results.update(memorization(nchw, load_dataset(train_cfg, opts.seed), reference, out_dir))
+    artifacts.write_json(out_dir / "metrics.json", results)
+    return results
+
+
+def format_table(results: dict) -> str:
+    rows = [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in results.items()]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([f"{'metric':<{width}}  value", "-" * (width + 8)] + [f"{k:<{width}}  {v}" for k, v in rows])

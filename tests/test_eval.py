@@ -1,0 +1,100 @@
+"""Metrics against closed forms and known answers; glann-eval end to end on a tiny run; sweep tables."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from glann import pipeline
+from glann.config import DataConfig, EvalOptions
+from glann.errors import ArtifactError, ConfigError
+from glann.evaluate import check_options, evaluate, gaussian_latents
+from glann.metrics import fid_from_features, frechet_distance, kid, precision_recall
+from glann.sweep import build_table
+
+from conftest import REPO, compose_train
+
+WEIGHTS = REPO.parent / "shared" / "models" / "inception-2015-12-05-fid-weights-no-classifier.pth"
+needs_weights = pytest.mark.skipif(not WEIGHTS.is_file(), reason="FID Inception weights not in ../shared/models")
+
+
+def test_frechet_distance_matches_the_gaussian_closed_form():
+    rng = np.random.default_rng(0)
+    d = 6
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    s1, s2 = rng.uniform(0.5, 2, d), rng.uniform(0.5, 2, d)
+    closed = np.sum((mu1 - mu2) ** 2) + np.sum(s1 + s2 - 2 * np.sqrt(s1 * s2))
+    assert frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(closed, rel=1e-9)
+    # From samples of the two Gaussians the estimate converges to the closed form.
+    f1 = mu1 + rng.normal(size=(200000, d)) * np.sqrt(s1)
+    f2 = mu2 + rng.normal(size=(200000, d)) * np.sqrt(s2)
+    assert fid_from_features(f1, f2) == pytest.approx(closed, rel=0.02)
+
+
+def test_a_set_against_itself_is_perfect():
+    f = np.random.default_rng(1).normal(size=(600, 16))
+    assert abs(fid_from_features(f, f)) < 1e-6
+    same, _ = kid(f, f, subsets=10, subset_size=200)
+    shifted, _ = kid(f, f + 0.5, subsets=10, subset_size=200)
+    assert abs(same) < 0.05 * shifted
+    assert precision_recall(f, f, k=3) == (1.0, 1.0)
+
+
+def test_precision_and_recall_see_a_dropped_mode():
+    rng = np.random.default_rng(2)
+    real = np.concatenate([rng.normal(0, 1, (500, 4)), rng.normal(12, 1, (500, 4))])
+    one_mode = rng.normal(0, 1, (1000, 4))  # sharp but covers half the data
+    p, r = precision_recall(real, one_mode, k=3)
+    assert p > 0.9 and 0.4 < r < 0.6
+
+
+def test_glo_gaussian_baseline_fits_the_latent_covariance():
+    z = torch.randn(5000, 3) @ torch.tensor([[2.0, 0, 0], [0.5, 1, 0], [0, 0, 0.3]]) + torch.tensor([1.0, -1, 0])
+    s = gaussian_latents(z, 20000, seed=0)
+    assert torch.allclose(s.mean(0), z.mean(0), atol=0.05)
+    assert torch.allclose(torch.cov(s.T), torch.cov(z.T), rtol=0.05, atol=0.02)
+
+
+@pytest.mark.parametrize("opts,match", [
+    (EvalOptions(metrics=["fid", "is"]), "unknown metric"),
+    (EvalOptions(metrics=["fid"], num_samples=3), "too small for fid"),
+])
+def test_bad_eval_options(opts, match):
+    with pytest.raises(ConfigError, match=match):
+        check_options(opts)
+
+
+@needs_weights
+def test_evaluate_a_tiny_run_end_to_end(tmp_path):
+    run = tmp_path / "run"
+    pipeline.run(compose_train("debug=tiny"), run, progress=False)
+    opts = EvalOptions(metrics=["fid", "kid", "pr", "recon_fid", "glo_gaussian", "memorization"], num_samples=24,
+                       num_real=24, inception_weights=str(WEIGHTS), cache_dir=str(tmp_path / "cache"), progress=False)
+    data = DataConfig(name="tiny", num_tiny=64, image_size=16)
+    results = evaluate(run / "sampler", data, opts, tmp_path / "eval", train_cfg=data)
+    for key in ("fid", "kid", "precision", "recall", "recon_fid", "glo_gaussian_fid",
+                "memorization/near_copy_fraction"):
+        assert np.isfinite(results[key]), key
+    assert results["fid"] > 0 and 0 <= results["precision"] <= 1
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["fid"] == pytest.approx(results["fid"])
+    assert (tmp_path / "eval" / "memorization_closest_pairs.png").is_file()
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1  # reference features cached for next time
+    with pytest.raises(ArtifactError, match="not a sampler directory"):
+        evaluate(run / "glo", data, opts, tmp_path / "eval2")
+
+
+def test_sweep_table_sorted_by_fid(tmp_path):
+    for job, fid, over in (("0", 30.0, "imle.lr=0.1"), ("1", 12.5, "imle.lr=0.01"), ("2", None, "imle.lr=1")):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- {over}\n")
+        if fid is not None:
+            (tmp_path / job / "results.json").write_text(json.dumps({"eval/fid": fid, "imle/nn_dist": 0.5}))
+    md = build_table(tmp_path)
+    lines = md.read_text().splitlines()
+    assert "Sorted by eval/fid" in lines[0]
+    body = [line for line in lines if line.startswith("| ") and "overrides" not in line]
+    assert [line.split("|")[1].strip() for line in body] == ["1", "0", "2"]
+    assert "incomplete" in body[-1]
+    rows = (tmp_path / "sweep_table.csv").read_text().splitlines()
+    assert rows[0].startswith("job,overrides,status,eval/fid") and len(rows) == 4

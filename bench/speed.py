@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from glann.imle import matching_round
 from glann.losses import Lap1Loss
-from glann.glo import glo_step
+from glann.glo import RowAdam, glo_step
 from glann.nets import Generator, GeneratorArch, Mapper, MapperArch
 from glann.sampler import GlannSampler
 
@@ -59,7 +59,7 @@ def main() -> None:
     with torch.no_grad():
         latents.weight.copy_(F.normalize(latents.weight, dim=1))
     opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3, betas=(0.5, 0.999))
-    opt_z = torch.optim.SparseAdam(latents.parameters(), lr=1e-2, betas=(0.5, 0.999))
+    opt_z = RowAdam(latents.parameters(), lr=1e-2, betas=(0.5, 0.999))  # the default latent optimiser
     loss_fn = Lap1Loss(4).to(dev)
     x = torch.rand(args.batch, 1, 28, 28, device=dev)
     g = torch.Generator().manual_seed(0)

@@ -23,6 +23,8 @@ from glann import nets
 from glann.errors import ArtifactError
 
 MANIFEST = "manifest.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
@@ -35,6 +37,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; artifacts follow the umask like any file
     try:
         write(tmp_path)
         with open(tmp_path, "rb+") as f:
@@ -61,10 +64,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def remove_stale_temps(folder: Path) -> int:
-    """Delete temporary files that a killed ``atomic_write`` left behind in ``folder`` (recursively)."""
+def remove_stale_temps(folder: Path, recursive: bool = True) -> int:
+    """Delete temporary files that a killed ``atomic_write`` left behind in ``folder``."""
     count = 0
-    for tmp in Path(folder).rglob(".*.tmp"):
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for tmp in (folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")):
         tmp.unlink(missing_ok=True)
         count += 1
     return count

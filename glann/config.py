@@ -189,6 +189,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     unknown = [s for s in cfg.stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    if cfg.eval.metrics:
+        from glann.evaluate import check_options
+
+        check_options(cfg.eval)
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
     return cfg

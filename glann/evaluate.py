@@ -16,7 +16,8 @@ from glann import artifacts
 from glann.config import DataConfig, EvalOptions
 from glann.data import ImageData, load_dataset
 from glann.errors import ArtifactError, ConfigError
-from glann.metrics import InceptionFeatures, frechet_distance, kid, load_stats, precision_recall, stats
+from glann.metrics import (InceptionFeatures, frechet_distance, kid, load_stats, precision_recall, resolve_weights,
+                           stats)
 from glann.runtime import save_grid
 from glann.sampler import GlannSampler, to_uint8
 
@@ -36,6 +37,12 @@ def check_options(opts: EvalOptions) -> None:
             raise ConfigError(f"num_samples={opts.num_samples} is too small for {m} (needs >= {MIN_SAMPLES[m]})")
     if opts.num_samples <= 0 or opts.num_real <= 0:
         raise ConfigError("num_samples and num_real must be positive")
+    if opts.fid_stats and not Path(opts.fid_stats).expanduser().is_file():
+        raise ConfigError(f"eval.fid_stats={opts.fid_stats}: no such file")
+    if any(m != "memorization" for m in opts.metrics):
+        from glann.metrics import resolve_weights
+
+        resolve_weights(opts.inception_weights)
 
 
 def _cache_root(opts: EvalOptions) -> Path:
@@ -49,7 +56,10 @@ def uint8_nchw(data: ImageData, idx: np.ndarray) -> np.ndarray:
 def reference_features(data: ImageData, extractor: InceptionFeatures, opts: EvalOptions) -> np.ndarray:
     n = min(opts.num_real, len(data))
     idx = np.sort(np.random.default_rng(opts.seed).permutation(len(data))[:n])  # random, not "first N"
-    path = _cache_root(opts) / f"{data.name}_{data.fingerprint}_{n}_{opts.seed}.npy"
+    weights = resolve_weights(opts.inception_weights)
+    wkey = f"{Path(weights).name}-{Path(weights).stat().st_size}" if weights else "torch-fidelity-default"
+    key = artifacts.config_hash([data.fingerprint, n, opts.seed, wkey])
+    path = _cache_root(opts) / f"{data.name}_{key}.npy"
     if path.is_file():
         log.info("reference features: cached %s", path)
         return np.load(path)
@@ -167,8 +177,11 @@ def evaluate(sampler_dir: Path, data_cfg: DataConfig, opts: EvalOptions, out_dir
     if "memorization" in opts.metrics:
         if train_cfg is None:
             raise ConfigError("memorization needs the training split (train_data)")
-        nchw = samples.transpose(0, 3, 1, 2)
-        results.update(memorization(nchw, load_dataset(train_cfg, opts.seed), reference, out_dir))
+        train = load_dataset(train_cfg, opts.seed)
+        if train.fingerprint == reference.fingerprint:
+            raise ConfigError("memorization compares samples with held-out images, but the reference data is the "
+                              "training set itself; use a dataset with a test split (e.g. data=mnist)")
+        results.update(memorization(samples.transpose(0, 3, 1, 2), train, reference, out_dir))
     artifacts.write_json(out_dir / "metrics.json", results)
     return results
 

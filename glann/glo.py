@@ -58,6 +58,7 @@ def train_glo(data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Pa
     to be resumed (everything but the epoch count and logging); a mismatch is an error, not a silent mix."""
     out_dir = Path(out_dir)
     n = len(data)
+    torch.manual_seed(seed)  # the init must not depend on what ran before in this process
     gen = Generator(generator_arch(cfg, data.shape)).to(device)
     latents = nn.Embedding(n, cfg.latent_dim, sparse=True).to(device)
     opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr_generator, betas=(cfg.beta1, cfg.beta2))
@@ -96,12 +97,16 @@ def train_glo(data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Pa
         sched_g.load_state_dict(state["sched_g"])
         sched_z.load_state_dict(state["sched_z"])
         epoch, batch_i = state["epoch"], state["batch"]
+        if epoch > cfg.epochs:
+            raise ArtifactError(f"checkpoint {state_path} is at epoch {epoch}, past glo.epochs={cfg.epochs}; raise "
+                                "glo.epochs or use a new run folder")
         set_rng_state(state["rng"])
         log.info("glo: resuming from %s at epoch %d, batch %d", state_path, epoch, batch_i)
     else:
         with torch.no_grad():
             latents.weight.copy_(init_latents(data, cfg.latent_dim, cfg.latent_init, seed))
 
+    stats.rewind("epoch", epoch)
     timer = CheckpointTimer(cfg.checkpoint_minutes)
     grid_idx = torch.arange(min(32, n))
     row: dict = {}

@@ -56,6 +56,7 @@ def train_imle(latents: torch.Tensor, cfg: IMLEConfig, out_dir: Path, device: to
     out_dir = Path(out_dir)
     latents = latents.float().cpu()
     n, dim = latents.shape
+    torch.manual_seed(seed + 1)  # the init must not depend on whether GLO ran in this process
     mapper = Mapper(mapper_arch(cfg, dim)).to(device)
     opt = torch.optim.Adam(mapper.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     state_path = out_dir / "state" / "last.pt"
@@ -70,8 +71,12 @@ def train_imle(latents: torch.Tensor, cfg: IMLEConfig, out_dir: Path, device: to
         except (RuntimeError, ValueError, KeyError) as e:
             raise ArtifactError(f"checkpoint {state_path} is from an incompatible config: {e}") from None
         start = state["round"]
+        if start > cfg.rounds:
+            raise ArtifactError(f"checkpoint {state_path} is at round {start}, past imle.rounds={cfg.rounds}; raise "
+                                "imle.rounds or use a new run folder")
         set_rng_state(state["rng"])
         log.info("imle: resuming from %s at round %d", state_path, start)
+    stats.rewind("round", start)
     grid_noise = torch.randn(64, cfg.noise_dim, generator=torch.Generator().manual_seed(seed + 17))
     target_dev = latents.to(device)
     row: dict = {}

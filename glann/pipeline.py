@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -51,16 +51,20 @@ def run(cfg: TrainConfig, run_dir: Path, stop: StopFlag = NO_STOP, progress: boo
     log.info("run folder %s, device %s", run_dir, device)
     data = load_dataset(cfg.data, cfg.seed)
     results: dict = {}
+    artifacts.remove_stale_temps(run_dir, recursive=False)
+    for sub in ("sampler", "eval"):
+        artifacts.remove_stale_temps(run_dir / sub)
 
     glo_key = artifacts.config_hash({"glo": asdict(cfg.glo), "loss": asdict(cfg.loss), "data": data.fingerprint,
                                      "seed": cfg.seed})
     glo_dir = stage_folder(run_dir, "glo", glo_key, cfg.cache_dir)
     if "glo" in cfg.stages:
-        with FileLock(str(glo_dir) + ".lock") if cfg.cache_dir else nullcontext():
+        with _acquire(FileLock(str(glo_dir) + ".lock"), stop, glo_dir) if cfg.cache_dir else nullcontext():
             artifacts.remove_stale_temps(glo_dir)
             manifest = artifacts.completed(glo_dir, glo_key)
             if manifest:
                 log.info("glo: reusing finished stage %s (config hash %s)", glo_dir, glo_key)
+                results.update(manifest.get("metrics", {}))
             else:
                 t0 = time.time()
                 results.update(train_glo(data, cfg.glo, cfg.loss, glo_dir, device, cfg.seed, stop, progress,
@@ -72,11 +76,11 @@ def run(cfg: TrainConfig, run_dir: Path, stop: StopFlag = NO_STOP, progress: boo
     imle_key = artifacts.config_hash({"imle": asdict(cfg.imle), "glo": glo_key, "seed": cfg.seed})
     imle_dir = run_dir / "imle"
     if "imle" in cfg.stages:
-        if imle_dir.is_dir():
-            artifacts.remove_stale_temps(imle_dir)
+        artifacts.remove_stale_temps(imle_dir)
         manifest = artifacts.completed(imle_dir, imle_key)
         if manifest:
             log.info("imle: reusing finished stage %s (config hash %s)", imle_dir, imle_key)
+            results.update({k: v for k, v in manifest.get("metrics", {}).items() if k.startswith("imle/")})
         else:
             _require(glo_dir, glo_key, "glo")
             generator, latents = load_glo(glo_dir, device)
@@ -84,7 +88,8 @@ def run(cfg: TrainConfig, run_dir: Path, stop: StopFlag = NO_STOP, progress: boo
             results.update(train_imle(latents, cfg.imle, imle_dir, device, cfg.seed, generator, stop, progress,
                                       resume_key=resume_key("imle", cfg, glo_key)))
             artifacts.write_manifest(imle_dir, imle_key, {"glo": str(glo_dir), "glo_hash": glo_key},
-                                     seconds=round(time.time() - t0, 1), metrics=results)
+                                     seconds=round(time.time() - t0, 1),
+                                     metrics={k: v for k, v in results.items() if k.startswith("imle/")})
 
     if "sampler" in cfg.stages:
         _require(glo_dir, glo_key, "glo")
@@ -117,6 +122,30 @@ def resume_key(stage: str, cfg: TrainConfig, *inputs: str) -> str:
     if stage == "glo":
         fields["loss"] = asdict(cfg.loss)
     return artifacts.config_hash({"fields": fields, "inputs": inputs, "seed": cfg.seed})
+
+
+@contextmanager
+def _acquire(lock: FileLock, stop: StopFlag, what: Path):
+    """Hold ``lock``; while another job trains the stage, wait (and say so), giving up on SIGTERM."""
+    from filelock import Timeout
+
+    from glann.runtime import Preempted
+
+    waited = False
+    while True:
+        try:
+            lock.acquire(timeout=1.0)
+            break
+        except Timeout:
+            if not waited:
+                log.info("waiting for another job to finish %s", what)
+                waited = True
+            if stop:
+                raise Preempted(f"stopped while waiting for {what}") from None
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 def _require(stage_dir: Path, digest: str, name: str) -> None:

@@ -94,6 +94,22 @@ class Stats:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
+    def rewind(self, key: str, upto: int) -> None:
+        """Keep only complete rows with ``row[key] <= upto``: on resume, drop rows logged after the checkpoint
+        and any line a kill cut short."""
+        if not self.path.is_file():
+            return
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get(key, 0) <= upto:
+                keep.append(line)
+        data = "".join(f"{line}\n" for line in keep)
+        atomic_write(self.path, lambda p: p.write_text(data))
+
     def write(self, **row: Any) -> None:
         row = {"time": round(time.time(), 3), **row}
         with open(self.path, "a") as f:

@@ -30,7 +30,8 @@ def _job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
                       key=lambda p: (len(p.name), p.name)):
-        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+        over_file = job / ".hydra" / "overrides.yaml"
+        overrides = (yaml.safe_load(over_file.read_text()) or []) if over_file.is_file() else []
         row: dict[str, Any] = {"job": job.name, "overrides": " ".join(overrides)}
         for name in ("results.json", "metrics.json", "eval/metrics.json"):
             path = job / name

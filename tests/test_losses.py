@@ -34,17 +34,6 @@ def test_pyramid_levels_and_reconstruction():
     assert torch.allclose(rec, x, atol=1e-5)
 
 
-def test_lap1_weights_a_fine_detail_and_a_coarse_shift_differently():
-    # Per-level mean L1: a single-pixel spike is mostly high-frequency, so its loss is well below
-    # what plain L1 on a larger blob of the same mass gives.
-    x = torch.zeros(1, 1, 32, 32)
-    spike = x.clone()
-    spike[..., 16, 16] = 1.0
-    loss = Lap1Loss(4)(x, spike)
-    assert 0 < loss.item() < 1.0
-    assert loss.requires_grad is False
-
-
 def test_lap1_backpropagates():
     x = torch.rand(2, 1, 28, 28, requires_grad=True)
     Lap1Loss(3)(x, torch.rand(2, 1, 28, 28)).sum().backward()

@@ -56,3 +56,6 @@ def test_glo_resumes_from_its_checkpoint(tmp_path):
     pipeline.run(cfg4, tmp_path, progress=False)
     epochs = [json.loads(line)["epoch"] for line in (tmp_path / "glo" / "stats.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4]
+    # Fewer epochs than the checkpoint holds would export a longer-trained model than the config says.
+    with pytest.raises(ArtifactError, match="past glo.epochs=3"):
+        pipeline.run(compose_train("debug=tiny", "glo.epochs=3", "stages=[glo]"), tmp_path, progress=False)

@@ -130,7 +130,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
     state = torch.load(tmp_path / "b" / "glo" / "state" / "last.pt", weights_only=True)
     assert (state["epoch"], state["batch"]) == (1, 2)
     with pytest.raises(Preempted):
-        pipeline.run(cfg, tmp_path / "b", stop=StopAfter(14), progress=False)  # IMLE round 2
+        pipeline.run(cfg, tmp_path / "b", stop=StopAfter(10), progress=False)  # IMLE round 1
     assert (tmp_path / "b" / "glo" / "manifest.json").exists()
     assert not (tmp_path / "b" / "imle" / "manifest.json").exists()
     pipeline.run(cfg, tmp_path / "b", progress=False)
@@ -187,4 +187,4 @@ def test_unwritable_output_is_a_clear_error(tmp_path):
                   f"hydra.run.dir={tmp_path / 'h'}")
     assert res.returncode != 0 and "is not a directory" in res.stderr and "Traceback" not in res.stderr
     res = run_cli("train", "debug=tiny", f"hydra.run.dir={blocker / 'run'}")
-    assert res.returncode != 0 and "file.txt" in res.stderr
+    assert res.returncode != 0 and "file.txt" in res.stderr and "Traceback" not in res.stderr

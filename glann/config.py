@@ -26,6 +26,7 @@ class DataConfig:
     on_corrupt: str = "skip"  # folder: unreadable image -> "skip" (warn + count) or "error"
     cache_dir: Optional[str] = None  # where folder/celeba arrays are cached (.npy, memory-mapped)
     num_tiny: int = 64  # tiny: number of synthetic images
+    num_stacked: int = 60000  # stacked_mnist: number of 3-digit images
 
 
 @dataclass

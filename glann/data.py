@@ -48,7 +48,7 @@ class ImageData:
 
 
 def load_dataset(cfg: DataConfig, seed: int = 0) -> ImageData:
-    loaders = {"embedded": _embedded, "tiny": _tiny, "folder": _folder}
+    loaders = {"embedded": _embedded, "tiny": _tiny, "folder": _folder, "stacked_mnist": _stacked_mnist}
     if cfg.name in loaders:
         images = loaders[cfg.name](cfg)
     elif cfg.name in TORCHVISION_SETS:
@@ -114,6 +114,20 @@ def _tiny(cfg: DataConfig) -> np.ndarray:
         r, c = rng.integers(0, size - side, size=2)
         images[i, 0, r:r + side, c:c + side] = 255
     return images
+
+
+def _stacked_mnist(cfg: DataConfig) -> np.ndarray:
+    """Stacked MNIST: three random MNIST digits as the three channels (1000 modes)."""
+    from dataclasses import replace
+
+    from glann.modes import stacked_mnist
+
+    digits = _torchvision(replace(cfg, name="mnist"))
+    import torchvision
+
+    labels = torchvision.datasets.MNIST(str(Path(os.path.expanduser(cfg.root or "data"))),
+                                        train=cfg.split == "train").targets.numpy()
+    return stacked_mnist(digits, labels, cfg.num_stacked, seed=0 if cfg.split == "train" else 1)[0]
 
 
 def _torchvision(cfg: DataConfig) -> np.ndarray:

@@ -23,9 +23,9 @@ from glann.sampler import GlannSampler, to_uint8
 
 log = logging.getLogger(__name__)
 
-METRICS = ("fid", "kid", "pr", "recon_fid", "glo_gaussian", "memorization")
+METRICS = ("fid", "kid", "pr", "recon_fid", "glo_gaussian", "memorization", "modes")
 # Fewest samples each metric can be computed from (KID subsets, PR k-NN, a full-rank-ish covariance).
-MIN_SAMPLES = {"fid": 10, "kid": 2, "pr": 4, "recon_fid": 10, "glo_gaussian": 10, "memorization": 1}
+MIN_SAMPLES = {"fid": 10, "kid": 2, "pr": 4, "recon_fid": 10, "glo_gaussian": 10, "memorization": 1, "modes": 1}
 
 
 def check_options(opts: EvalOptions) -> None:
@@ -39,7 +39,7 @@ def check_options(opts: EvalOptions) -> None:
         raise ConfigError("num_samples and num_real must be positive")
     if opts.fid_stats and not Path(opts.fid_stats).expanduser().is_file():
         raise ConfigError(f"eval.fid_stats={opts.fid_stats}: no such file")
-    if any(m != "memorization" for m in opts.metrics):
+    if any(m not in ("memorization", "modes") for m in opts.metrics):
         from glann.metrics import resolve_weights
 
         resolve_weights(opts.inception_weights)
@@ -143,7 +143,7 @@ def evaluate(sampler_dir: Path, data_cfg: DataConfig, opts: EvalOptions, out_dir
     results: dict = {"num_samples": opts.num_samples}
     samples = sampler(opts.num_samples, seed=opts.seed, batch_size=500, progress=opts.progress).images
     save_grid(torch.from_numpy(samples[:100]).permute(0, 3, 1, 2).float() / 255.0, out_dir / "samples.png")
-    needs_inception = [m for m in opts.metrics if m != "memorization"]
+    needs_inception = [m for m in opts.metrics if m not in ("memorization", "modes")]
     if needs_inception:
         extractor = InceptionFeatures(opts.inception_weights, device, opts.batch_size)
         fake = extractor(samples, progress=opts.progress, desc="inception (samples)")
@@ -182,6 +182,14 @@ def evaluate(sampler_dir: Path, data_cfg: DataConfig, opts: EvalOptions, out_dir
             raise ConfigError("memorization compares samples with held-out images, but the reference data is the "
                               "training set itself; use a dataset with a test split (e.g. data=mnist)")
         results.update(memorization(samples.transpose(0, 3, 1, 2), train, reference, out_dir))
+    if "modes" in opts.metrics:
+        from glann.modes import cached_classifier, mode_ids, mode_stats, predict_digits
+
+        if sampler.image_shape != (3, 28, 28):
+            raise ConfigError(f"modes needs a stacked-MNIST sampler (3x28x28 images), not {sampler.image_shape}")
+        root = (train_cfg or data_cfg).root or "data"
+        classifier = cached_classifier(root, opts.cache_dir)
+        results.update(mode_stats(mode_ids(samples.transpose(0, 3, 1, 2), lambda x: predict_digits(classifier, x))))
     artifacts.write_json(out_dir / "metrics.json", results)
     return results
 

@@ -35,6 +35,13 @@ def setup() -> None:
         OmegaConf.register_new_resolver("glann_run_dir", _run_dir)
 
 
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def friendly_errors(fn: Callable) -> Callable:
     """GlannError -> one line on stderr and exit 1 (full traceback with HYDRA_FULL_ERROR=1)."""
 
@@ -46,6 +53,8 @@ def friendly_errors(fn: Callable) -> Callable:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             log.error("%s: %s", type(e).__name__, e)
+            if _in_multirun():  # let Hydra record the failed job and go on with the rest of the sweep
+                raise
             print(f"glann: error: {e}", file=sys.stderr)
             sys.exit(1)
 

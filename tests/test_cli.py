@@ -89,3 +89,11 @@ def test_eval_errors(tmp_path):
     assert res.returncode != 0 and "sampler_dir" in res.stderr and "Traceback" not in res.stderr
     res = run_cli("eval", f"sampler_dir={tmp_path}", "eval.metrics=[fid,inception_score]", f"hydra.run.dir={tmp_path}")
     assert res.returncode != 0 and "unknown metric" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):
+    res = run_cli("train", "-m", "debug=tiny", "glo.lr_latent=-1,0.01", f"hydra.sweep.dir={tmp_path}",
+                  f"cache_dir={tmp_path / 'cache'}")
+    assert res.returncode != 0  # the sweep reports the failure...
+    assert "glo.lr_latent must be positive" in (tmp_path / "0" / "train.log").read_text()
+    assert (tmp_path / "1" / "sampler" / "sampler.json").is_file()  # ...after running the other job

@@ -42,6 +42,26 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def check_output_dirs(argv: list[str], default: str = "outputs") -> None:
+    """Fail with one line, before Hydra creates anything, when the run/sweep folder cannot be written."""
+    import tempfile
+
+    targets = [a.split("=", 1)[1] for a in argv if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))] or [default]
+    for target in targets:
+        probe = Path(target).expanduser().absolute()
+        while not probe.exists():
+            probe = probe.parent
+        problem = None if probe.is_dir() else f"{probe} is not a directory"
+        if problem is None:
+            try:
+                tempfile.TemporaryFile(dir=probe).close()
+            except OSError as e:
+                problem = f"cannot write to {probe} ({e.strerror})"
+        if problem:
+            print(f"glann: error: output folder {target}: {problem}", file=sys.stderr)
+            sys.exit(1)
+
+
 def friendly_errors(fn: Callable) -> Callable:
     """GlannError -> one line on stderr and exit 1 (full traceback with HYDRA_FULL_ERROR=1)."""
 

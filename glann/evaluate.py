@@ -140,6 +140,14 @@ def evaluate(sampler_dir: Path, data_cfg: DataConfig, opts: EvalOptions, out_dir
     if reference.shape != sampler.image_shape:
         raise ConfigError(f"data {data_cfg.name} has images of shape {reference.shape}, the sampler makes "
                           f"{sampler.image_shape}; set data.image_size/data.channels to match")
+    train = None
+    if "memorization" in opts.metrics:  # checked before any expensive work
+        if train_cfg is None:
+            raise ConfigError("memorization needs the training split (train_data)")
+        train = load_dataset(train_cfg, opts.seed)
+        if train.fingerprint == reference.fingerprint:
+            raise ConfigError("memorization compares samples with held-out images, but the reference data is the "
+                              "training set itself; use a dataset with a test split (e.g. data=mnist)")
     results: dict = {"num_samples": opts.num_samples}
     samples = sampler(opts.num_samples, seed=opts.seed, batch_size=500, progress=opts.progress).images
     save_grid(torch.from_numpy(samples[:100]).permute(0, 3, 1, 2).float() / 255.0, out_dir / "samples.png")
@@ -174,13 +182,7 @@ def evaluate(sampler_dir: Path, data_cfg: DataConfig, opts: EvalOptions, out_dir
                 save_grid(torch.from_numpy(gauss[:100]).permute(0, 3, 1, 2).float() / 255.0,
                           out_dir / "glo_gaussian_samples.png")
                 results["glo_gaussian_fid"] = fid_of(extractor(gauss, opts.progress, "inception (GLO+Gaussian)"))
-    if "memorization" in opts.metrics:
-        if train_cfg is None:
-            raise ConfigError("memorization needs the training split (train_data)")
-        train = load_dataset(train_cfg, opts.seed)
-        if train.fingerprint == reference.fingerprint:
-            raise ConfigError("memorization compares samples with held-out images, but the reference data is the "
-                              "training set itself; use a dataset with a test split (e.g. data=mnist)")
+    if train is not None:
         results.update(memorization(samples.transpose(0, 3, 1, 2), train, reference, out_dir))
     if "modes" in opts.metrics:
         from glann.modes import cached_classifier, mode_ids, mode_stats, predict_digits

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from glann import artifacts
-from glann.cli import config_dir, friendly_errors, setup
+from glann.cli import check_output_dirs, config_dir, friendly_errors, setup
 from glann.config import TrainConfig, validate
 
 log = logging.getLogger("glann")
@@ -44,6 +44,7 @@ def train(cfg: DictConfig) -> dict:
 
 def main() -> None:
     setup()
+    check_output_dirs(sys.argv[1:])
     hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")(train)()
 
 

@@ -79,15 +79,15 @@ def test_two_job_multirun(tmp_path):
     table = (tmp_path / "sweep_table.md").read_text()
     assert "imle.samples_per_latent=1" in table and "imle.samples_per_latent=2" in table
     (tmp_path / "sweep_table.md").unlink()
-    res = run_cli("eval", f"sweep_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'eval'}")
+    res = run_cli("eval_app", f"sweep_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'eval'}")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "imle/nn_dist" in res.stdout and (tmp_path / "sweep_table.md").is_file()
 
 
 def test_eval_errors(tmp_path):
-    res = run_cli("eval", f"hydra.run.dir={tmp_path}")
+    res = run_cli("eval_app", f"hydra.run.dir={tmp_path}")
     assert res.returncode != 0 and "sampler_dir" in res.stderr and "Traceback" not in res.stderr
-    res = run_cli("eval", f"sampler_dir={tmp_path}", "eval.metrics=[fid,inception_score]", f"hydra.run.dir={tmp_path}")
+    res = run_cli("eval_app", f"sampler_dir={tmp_path}", "eval.metrics=[fid,inception_score]", f"hydra.run.dir={tmp_path}")
     assert res.returncode != 0 and "unknown metric" in res.stderr and "Traceback" not in res.stderr
 
 

@@ -72,7 +72,10 @@ def test_evaluate_a_tiny_run_end_to_end(tmp_path):
     opts = EvalOptions(metrics=["fid", "kid", "pr", "recon_fid", "glo_gaussian", "memorization"], num_samples=24,
                        num_real=24, inception_weights=str(WEIGHTS), cache_dir=str(tmp_path / "cache"), progress=False)
     data = DataConfig(name="tiny", num_tiny=64, image_size=16)
-    results = evaluate(run / "sampler", data, opts, tmp_path / "eval", train_cfg=data)
+    with pytest.raises(ConfigError, match="reference data is the training set"):
+        evaluate(run / "sampler", data, opts, tmp_path / "eval0", train_cfg=data)
+    held_out = DataConfig(name="tiny", num_tiny=48, image_size=16)  # a different set of tiny images
+    results = evaluate(run / "sampler", held_out, opts, tmp_path / "eval", train_cfg=data)
     for key in ("fid", "kid", "precision", "recall", "recon_fid", "glo_gaussian_fid",
                 "memorization/near_copy_fraction"):
         assert np.isfinite(results[key]), key

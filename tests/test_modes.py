@@ -37,7 +37,7 @@ def test_classifier_reads_real_stacked_mnist():
 
     train = torchvision.datasets.MNIST(str(SHARED_DATA), train=True)
     test = torchvision.datasets.MNIST(str(SHARED_DATA), train=False)
-    model = train_classifier(train.data.numpy()[:12000, None], train.targets.numpy()[:12000], epochs=1)
+    model = train_classifier(train.data.numpy()[:20000, None], train.targets.numpy()[:20000], epochs=2)
     assert accuracy(model, test.data.numpy()[:2000, None], test.targets.numpy()[:2000]) > 0.95
     images, ids = stacked_mnist(test.data.numpy()[:, None], test.targets.numpy(), 1000, seed=0)
     from glann.modes import predict_digits

@@ -43,7 +43,7 @@ def test_short_mnist_run_reconstructs_and_samples_digits(tmp_path):
     _, d_noise = nearest_neighbors(train_flat, _flat(noise), device="cpu")
     # Samples sit about as close to the training digits as real held-out digits do, far from noise...
     assert d_sample.median() < 1.3 * d_test.median(), (d_sample.median(), d_test.median())
-    assert d_sample.median() < 0.3 * d_noise.median()
+    assert d_sample.median() < 0.5 * d_noise.median()
     # ...without being copies of them.
     assert d_sample.median() > 0.5 * d_test.median()
     # And they vary: no collapse onto a few images.

@@ -34,6 +34,12 @@ def test_pyramid_levels_and_reconstruction():
     assert torch.allclose(rec, x, atol=1e-5)
 
 
+def test_lap1_equals_the_difference_of_two_pyramids():
+    x, y = torch.rand(3, 1, 28, 28), torch.rand(3, 1, 28, 28)
+    direct = sum((a - b).abs().flatten(1).mean(1) for a, b in zip(laplacian_pyramid(x, 4), laplacian_pyramid(y, 4)))
+    assert torch.allclose(Lap1Loss(4)(x, y), direct, atol=1e-5)
+
+
 def test_lap1_backpropagates():
     x = torch.rand(2, 1, 28, 28, requires_grad=True)
     Lap1Loss(3)(x, torch.rand(2, 1, 28, 28)).sum().backward()

@@ -35,6 +35,15 @@ def setup() -> None:
         OmegaConf.register_new_resolver("glann_run_dir", _run_dir)
 
 
+def run_app(config_name: str, task: Callable) -> None:
+    """Entry point shared by the apps: register schemas, check the output folder, hand over to Hydra."""
+    import hydra
+
+    setup()
+    check_output_dirs(sys.argv[1:])
+    hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name)(task)()
+
+
 def _in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode

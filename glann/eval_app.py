@@ -9,14 +9,12 @@ Prints a table and writes ``metrics.json`` (and figures) into the eval run folde
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from glann.cli import check_output_dirs, config_dir, friendly_errors, setup
+from glann.cli import friendly_errors, run_app
 from glann.config import EvalConfig
 from glann.errors import ConfigError
 
@@ -44,9 +42,7 @@ def run_eval(cfg: DictConfig) -> dict:
 
 
 def main() -> None:
-    setup()
-    check_output_dirs(sys.argv[1:])
-    hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")(run_eval)()
+    run_app("eval", run_eval)
 
 
 if __name__ == "__main__":

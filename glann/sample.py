@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import io
 import logging
-import sys
 import tempfile
 from pathlib import Path
 
-import hydra
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from glann.cli import check_output_dirs, config_dir, friendly_errors, setup
+from glann.cli import friendly_errors, run_app
 from glann.config import SampleConfig, validate_sample
 from glann.errors import ConfigError
 
@@ -83,9 +81,7 @@ def sample(cfg: DictConfig) -> str:
 
 
 def main() -> None:
-    setup()
-    check_output_dirs(sys.argv[1:])
-    hydra.main(version_base="1.3", config_path=config_dir(), config_name="sample")(sample)()
+    run_app("sample", sample)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,11 @@ import logging
 import sys
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from glann import artifacts
-from glann.cli import check_output_dirs, config_dir, friendly_errors, setup
+from glann.cli import friendly_errors, run_app
 from glann.config import TrainConfig, validate
 
 log = logging.getLogger("glann")
@@ -43,9 +42,7 @@ def train(cfg: DictConfig) -> dict:
 
 
 def main() -> None:
-    setup()
-    check_output_dirs(sys.argv[1:])
-    hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")(train)()
+    run_app("train", train)
 
 
 if __name__ == "__main__":

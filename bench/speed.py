@@ -18,6 +18,7 @@ from glann.imle import matching_round
 from glann.losses import Lap1Loss
 from glann.glo import RowAdam, glo_step
 from glann.nets import Generator, GeneratorArch, Mapper, MapperArch
+from glann.runtime import adam
 from glann.sampler import GlannSampler
 
 
@@ -58,7 +59,7 @@ def main() -> None:
     latents = nn.Embedding(n, 64, sparse=True).to(dev)
     with torch.no_grad():
         latents.weight.copy_(F.normalize(latents.weight, dim=1))
-    opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    opt_g = adam(gen.parameters(), lr=1e-3, betas=(0.5, 0.999))  # as glann.glo builds it
     opt_z = RowAdam(latents.parameters(), lr=1e-2, betas=(0.5, 0.999))  # the default latent optimiser
     loss_fn = Lap1Loss(4).to(dev)
     x = torch.rand(args.batch, 1, 28, 28, device=dev)

@@ -21,7 +21,7 @@ from glann.data import ImageData
 from glann.errors import ArtifactError, TrainingError
 from glann.losses import build_loss
 from glann.nets import Generator, GeneratorArch
-from glann.runtime import NO_STOP, CheckpointTimer, Preempted, Stats, StopFlag, rng_state, save_grid, set_rng_state
+from glann.runtime import NO_STOP, CheckpointTimer, adam, Preempted, Stats, StopFlag, rng_state, save_grid, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def train_glo(data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Pa
     torch.manual_seed(seed)  # the init must not depend on what ran before in this process
     gen = Generator(generator_arch(cfg, data.shape)).to(device)
     latents = nn.Embedding(n, cfg.latent_dim, sparse=True).to(device)
-    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr_generator, betas=(cfg.beta1, cfg.beta2))
+    opt_g = adam(gen.parameters(), lr=cfg.lr_generator, betas=(cfg.beta1, cfg.beta2))
     opt_z = (RowAdam if cfg.latent_optimizer == "row_adam" else torch.optim.SparseAdam)(
         latents.parameters(), lr=cfg.lr_latent, betas=(cfg.beta1, cfg.beta2))
     sched_g = torch.optim.lr_scheduler.StepLR(opt_g, cfg.lr_decay_every, cfg.lr_decay)

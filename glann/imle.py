@@ -21,7 +21,7 @@ from glann.config import IMLEConfig
 from glann.errors import ArtifactError, TrainingError
 from glann.knn import nearest_neighbors
 from glann.nets import Mapper, MapperArch
-from glann.runtime import NO_STOP, Preempted, Stats, StopFlag, rng_state, save_grid, set_rng_state
+from glann.runtime import NO_STOP, Preempted, adam, Stats, StopFlag, rng_state, save_grid, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def train_imle(latents: torch.Tensor, cfg: IMLEConfig, out_dir: Path, device: to
     n, dim = latents.shape
     torch.manual_seed(seed + 1)  # the init must not depend on whether GLO ran in this process
     mapper = Mapper(mapper_arch(cfg, dim)).to(device)
-    opt = torch.optim.Adam(mapper.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    opt = adam(mapper.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     state_path = out_dir / "state" / "last.pt"
     stats = Stats(out_dir / "stats.jsonl")
     start = 0

@@ -18,6 +18,19 @@ from glann.artifacts import atomic_write
 log = logging.getLogger(__name__)
 
 
+def adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
+    """Adam with the fused kernel (one pass over each parameter, no temporaries), where the device has one.
+
+    On CPU the default multi-tensor Adam allocates several parameter-sized temporaries per step: for the
+    GLO generator's 6.4M-weight layer that was ~20% of a training step.
+    """
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+    except RuntimeError:  # a device without a fused Adam kernel
+        return torch.optim.Adam(params, lr=lr, betas=betas)
+
+
 class Preempted(Exception):
     """SIGTERM/SIGINT arrived; the stage saved its state and stopped. Re-run to resume."""
 

@@ -3,7 +3,7 @@ import torch
 
 from glann.config import LossConfig
 from glann.errors import ConfigError
-from glann.losses import Lap1Loss, VGGLoss, build_loss, laplacian_pyramid, load_vgg16_features
+from glann.losses import Lap1Loss, VGGLoss, blur_downsample, build_loss, laplacian_pyramid, load_vgg16_features
 
 
 def test_lap1_is_zero_on_identical_images():
@@ -21,6 +21,18 @@ def test_lap1_constant_offset_lives_only_in_the_lowpass_level():
 def test_lap1_with_one_level_is_pixel_l1():
     x, y = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16)
     assert torch.allclose(Lap1Loss(1)(x, y), (x - y).abs().flatten(1).mean(1), atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [28, 14, 7, 32])
+def test_blur_downsample_equals_the_5x5_binomial_conv_then_stride(size):
+    x = torch.rand(3, 2, size, size)
+    k1 = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
+    kernel = torch.outer(k1, k1).expand(2, 1, 5, 5)
+    reference = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (2, 2, 2, 2), mode="replicate"), kernel,
+                                           groups=2)[..., ::2, ::2]
+    out = blur_downsample(x)
+    assert out.shape == reference.shape == (3, 2, (size + 1) // 2, (size + 1) // 2)
+    assert torch.allclose(out, reference, atol=1e-6)
 
 
 def test_pyramid_levels_and_reconstruction():

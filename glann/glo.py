@@ -21,7 +21,8 @@ from glann.data import ImageData
 from glann.errors import ArtifactError, TrainingError
 from glann.losses import build_loss
 from glann.nets import Generator, GeneratorArch
-from glann.runtime import NO_STOP, CheckpointTimer, adam, Preempted, Stats, StopFlag, rng_state, save_grid, set_rng_state
+from glann.runtime import (NO_STOP, CheckpointTimer, Preempted, Stats, StopFlag, adam, rng_state, save_grid,
+                           set_rng_state)
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ def train_glo(data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Pa
 
 def glo_step(gen: nn.Module, latents: nn.Embedding, opt_g: torch.optim.Optimizer, opt_z: torch.optim.Optimizer,
              loss_fn: nn.Module, x: torch.Tensor, idx: torch.Tensor) -> float:
-    """One joint step on a batch: only the batch's latent codes move (sparse gradients + SparseAdam), and
+    """One joint step on a batch: only the batch's latent codes move (sparse gradients, row-wise optimiser), and
     they are projected back onto the unit sphere. Returns the loss; non-finite losses update nothing."""
     loss = loss_fn(gen(latents(idx)), x).mean()
     if not torch.isfinite(loss):

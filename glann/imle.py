@@ -21,7 +21,7 @@ from glann.config import IMLEConfig
 from glann.errors import ArtifactError, TrainingError
 from glann.knn import nearest_neighbors
 from glann.nets import Mapper, MapperArch
-from glann.runtime import NO_STOP, Preempted, adam, Stats, StopFlag, rng_state, save_grid, set_rng_state
+from glann.runtime import NO_STOP, Preempted, Stats, StopFlag, adam, rng_state, save_grid, set_rng_state
 
 log = logging.getLogger(__name__)
 

@@ -87,13 +87,21 @@ def glo_stage_of(sampler_dir: Path) -> Path:
 
 
 def gaussian_latents(latents: torch.Tensor, num: int, seed: int) -> torch.Tensor:
-    """'GLO + Gaussian' baseline: samples of a full-covariance Gaussian fitted to the GLO latents."""
+    """'GLO + Gaussian' baseline: samples of a full-covariance Gaussian fitted to the GLO latents.
+
+    GLO keeps every code on the unit sphere, and its generator never saw another norm; when the latents lie on
+    the sphere, the samples are projected onto it as well (as the IMLE mapper's outputs are). Unprojected, the
+    baseline also pays for norms the generator was never trained on.
+    """
     z = latents.double()
     mean = z.mean(0)
     cov = torch.cov(z.T) + 1e-6 * torch.eye(z.shape[1], dtype=z.dtype)
     dist = torch.distributions.MultivariateNormal(mean, covariance_matrix=cov)
     torch.manual_seed(seed)
-    return dist.sample((num,)).float()
+    samples = dist.sample((num,))
+    if torch.allclose(z.norm(dim=1), torch.ones(len(z), dtype=z.dtype), atol=1e-3):
+        samples = torch.nn.functional.normalize(samples, dim=1)
+    return samples.float()
 
 
 def memorization(samples: np.ndarray, train: ImageData, test: ImageData, out_dir: Path,

@@ -56,6 +56,14 @@ def test_glo_gaussian_baseline_fits_the_latent_covariance():
     assert torch.allclose(torch.cov(s.T), torch.cov(z.T), rtol=0.05, atol=0.02)
 
 
+def test_glo_gaussian_baseline_stays_on_the_sphere_of_glo_latents():
+    z = torch.nn.functional.normalize(torch.randn(4000, 8) + torch.tensor([2.0] + [0.0] * 7), dim=1)
+    s = gaussian_latents(z, 5000, seed=0)
+    assert torch.allclose(s.norm(dim=1), torch.ones(5000), atol=1e-5)
+    m = z.mean(0)  # still spread around the latents' mean direction like the latents themselves
+    assert abs((s @ m).mean() - (z @ m).mean()) < 0.03
+
+
 @pytest.mark.parametrize("opts,match", [
     (EvalOptions(metrics=["fid", "is"]), "unknown metric"),
     (EvalOptions(metrics=["fid"], num_samples=3), "too small for fid"),

@@ -162,7 +162,9 @@ def evaluate(sampler_dir: Path, data_cfg: DataConfig, opts: EvalOptions, out_dir
     needs_inception = [m for m in opts.metrics if m not in ("memorization", "modes")]
     if needs_inception:
         extractor = InceptionFeatures(opts.inception_weights, device, opts.batch_size)
-        fake = extractor(samples, progress=opts.progress, desc="inception (samples)")
+        fake = None
+        if any(m in opts.metrics for m in ("fid", "kid", "pr")):  # the baselines alone need no sample features
+            fake = extractor(samples, progress=opts.progress, desc="inception (samples)")
         real = None
         if any(m in opts.metrics for m in ("kid", "pr")) or not opts.fid_stats:
             real = reference_features(reference, extractor, opts)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -37,10 +38,43 @@ def nearest_neighbors(database: torch.Tensor, queries: torch.Tensor, device: str
         index = faiss.IndexFlatL2(db.shape[1])
         if want_gpu and faiss_gpu_available():
             index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-        index.add(db)
-        dist2, idx = index.search(q, 1)
+            index.add(db)
+            dist2, idx = index.search(q, 1)
+        else:
+            index.add(db)
+            dist2, idx = _search_cpu(index, q)
         return torch.from_numpy(idx[:, 0].astype(np.int64)), torch.from_numpy(np.sqrt(np.maximum(dist2[:, 0], 0)))
     return _torch_nn(database, queries, "cuda" if want_gpu and torch.cuda.is_available() else "cpu", chunk)
+
+
+def _search_cpu(index, q: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-1 search on the CPU: query chunks spread over threads, one single-threaded faiss call each.
+
+    faiss's own multi-threaded search meets an OpenMP barrier twice per 4096x1024 distance tile. On a shared
+    2-vCPU machine, one slowed vCPU stalls the other at every barrier: the 60k x 120k x 64 IMLE search swung
+    between 6.8 s and 13 s that way, while chunks pulled from a queue by threads that never wait on each other
+    took 6.1-6.4 s throughout (bench/speed.py, BENCHMARKS.md). faiss releases the GIL while it searches.
+    """
+    threads = threads or faiss.omp_get_max_threads()
+    # faiss (1.15) takes its scalar, non-BLAS path when rows x dim < distance_compute_blas_threshold, which
+    # is 5x slower here: keep every chunk above it.
+    target = max(2048, -(-faiss.cvar.distance_compute_blas_threshold // q.shape[1]))
+    n_chunks = q.shape[0] // target // threads * threads  # equal shares for the threads
+    if threads <= 1 or n_chunks < threads:
+        return index.search(q, 1)
+    chunk = -(-q.shape[0] // n_chunks)
+    dist = np.empty((q.shape[0], 1), dtype=np.float32)
+    idx = np.empty((q.shape[0], 1), dtype=np.int64)
+
+    def search(start: int) -> None:
+        faiss.omp_set_num_threads(1)  # OpenMP's thread count is per calling thread: this leaves the caller's
+        d, i = index.search(q[start:start + chunk], 1)
+        dist[start:start + chunk], idx[start:start + chunk] = d, i
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="glann-knn") as pool:
+        for f in [pool.submit(search, s) for s in range(0, q.shape[0], chunk)]:
+            f.result()
+    return dist, idx
 
 
 def _torch_nn(database: torch.Tensor, queries: torch.Tensor, device: str, chunk: int):

@@ -32,3 +32,23 @@ def test_torch_fallback_matches_faiss(monkeypatch):
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="equal width"):
         knn.nearest_neighbors(torch.zeros(4, 3), torch.zeros(2, 5))
+
+
+def test_chunked_threaded_cpu_search_is_exact():
+    """Past two chunks the CPU search is split over threads; every query still gets its exact neighbour."""
+    g = torch.Generator().manual_seed(2)
+    db, q = torch.randn(3000, 64, generator=g), torch.randn(9000, 64, generator=g)
+    before = knn.faiss.omp_get_max_threads()
+    index = knn.faiss.IndexFlatL2(64)
+    index.add(db.numpy())
+    dist2, idx = knn._search_cpu(index, q.numpy(), threads=2)
+    assert knn.faiss.omp_get_max_threads() == before  # the workers' one-thread setting stays theirs
+    brute = torch.cdist(q.double(), db.double())
+    best, arg = brute.min(1)
+    idx = torch.from_numpy(idx[:, 0])
+    assert torch.allclose(brute.gather(1, idx[:, None])[:, 0], best, atol=1e-4)
+    assert (idx == arg).float().mean() > 0.99
+    assert torch.allclose(torch.from_numpy(dist2[:, 0]).double(), best.pow(2), atol=1e-3)
+    # the same neighbours as one unsplit call
+    _, idx_one = index.search(q.numpy(), 1)
+    assert (torch.from_numpy(idx_one[:, 0]) == idx).float().mean() > 0.999

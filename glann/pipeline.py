@@ -2,7 +2,8 @@
 a stage whose manifest matches its config hash is skipped, one with ``state/last.pt`` resumes.
 
 With ``cache_dir`` set, GLO stages live in a content-addressed cache (``<cache>/glo-<hash>``) shared by
-every run with the same data and GLO/loss config; a file lock makes parallel sweep jobs train it once.
+every run with the same data, GLO/loss config and glann version; a file lock makes parallel sweep jobs train
+it once.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+import glann
 from glann import artifacts
 from glann.config import TrainConfig
 from glann.data import TORCHVISION_SETS, load_dataset
@@ -55,8 +57,10 @@ def run(cfg: TrainConfig, run_dir: Path, stop: StopFlag = NO_STOP, progress: boo
     for sub in ("sampler", "eval"):
         artifacts.remove_stale_temps(run_dir / sub)
 
-    glo_key = artifacts.config_hash({"glo": asdict(cfg.glo), "loss": asdict(cfg.loss), "data": data.fingerprint,
-                                     "seed": cfg.seed})
+    glo_fields = {"glo": asdict(cfg.glo), "loss": asdict(cfg.loss), "data": data.fingerprint, "seed": cfg.seed}
+    if cfg.cache_dir:  # a shared cache outlives upgrades: another glann release trains (and caches) its own stage
+        glo_fields["glann"] = glann.__version__
+    glo_key = artifacts.config_hash(glo_fields)
     glo_dir = stage_folder(run_dir, "glo", glo_key, cfg.cache_dir)
     if "glo" in cfg.stages:
         with _acquire(FileLock(str(glo_dir) + ".lock"), stop, glo_dir) if cfg.cache_dir else nullcontext():

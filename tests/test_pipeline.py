@@ -59,3 +59,23 @@ def test_glo_resumes_from_its_checkpoint(tmp_path):
     # Fewer epochs than the checkpoint holds would export a longer-trained model than the config says.
     with pytest.raises(ArtifactError, match="past glo.epochs=3"):
         pipeline.run(compose_train("debug=tiny", "glo.epochs=3", "stages=[glo]"), tmp_path, progress=False)
+
+
+def test_shared_glo_cache_is_per_glann_version(tmp_path, monkeypatch, caplog):
+    """A cached GLO stage is reused by runs of the same release; another release trains its own."""
+    import glann
+
+    cache = tmp_path / "cache"
+    cfg = compose_train("debug=tiny", "stages=[glo]", f"cache_dir={cache}")
+    pipeline.run(cfg, tmp_path / "a", progress=False)
+    with caplog.at_level("INFO"):
+        pipeline.run(cfg, tmp_path / "b", progress=False)
+    assert "glo: reusing finished stage" in caplog.text
+    assert (tmp_path / "a" / "glo").resolve() == (tmp_path / "b" / "glo").resolve()
+    caplog.clear()
+    monkeypatch.setattr(glann, "__version__", glann.__version__ + ".post1")
+    with caplog.at_level("INFO"):
+        pipeline.run(cfg, tmp_path / "c", progress=False)
+    assert "glo: reusing" not in caplog.text
+    assert (tmp_path / "c" / "glo").resolve() != (tmp_path / "a" / "glo").resolve()
+    assert len([p for p in cache.glob("glo-*") if p.is_dir()]) == 2

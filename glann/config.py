@@ -81,6 +81,8 @@ class IMLEConfig:
     samples_per_latent: int = 2  # m: m*N noise samples drawn per round
     batch_size: int = 256
     lr: float = 1e-3
+    lr_decay_every: int = 0  # rounds between lr decays (step decay); 0 keeps the lr constant
+    lr_decay: float = 0.5
     beta1: float = 0.5
     beta2: float = 0.999
     knn_device: str = "auto"  # auto | cpu | cuda
@@ -164,6 +166,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _positive(cfg.imle, "imle.", ["noise_dim", "rounds", "epochs_per_round", "samples_per_latent",
                                   "batch_size", "lr"])
     _positive(cfg.imle.mapper, "imle.mapper.", ["hidden_dim", "num_layers"])
+    if cfg.imle.lr_decay_every < 0:
+        raise ConfigError(f"imle.lr_decay_every must be >= 0 (0: constant lr), got {cfg.imle.lr_decay_every}")
+    if not 0.0 < cfg.imle.lr_decay <= 1.0:
+        raise ConfigError(f"imle.lr_decay must be in (0, 1], got {cfg.imle.lr_decay}")
     _positive(cfg.sampler, "sampler.", ["grid_size", "batch_size"])
     _positive(cfg.loss, "loss.", ["lap_levels"])
     for key, value in (("glo.beta1", cfg.glo.beta1), ("glo.beta2", cfg.glo.beta2),

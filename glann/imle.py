@@ -31,6 +31,11 @@ def mapper_arch(cfg: IMLEConfig, latent_dim: int) -> MapperArch:
                       num_layers=cfg.mapper.num_layers, project_to_sphere=cfg.mapper.project_to_sphere)
 
 
+def round_lr(cfg: IMLEConfig, rnd: int) -> float:
+    """The mapper's lr in round ``rnd`` (0-based): step decay every ``lr_decay_every`` rounds, if set."""
+    return cfg.lr * cfg.lr_decay ** (rnd // cfg.lr_decay_every) if cfg.lr_decay_every else cfg.lr
+
+
 @torch.no_grad()
 def map_noise(mapper: nn.Module, noise: torch.Tensor, device: torch.device, batch_size: int = 8192) -> torch.Tensor:
     was_training = mapper.training
@@ -83,6 +88,9 @@ def train_imle(latents: torch.Tensor, cfg: IMLEConfig, out_dir: Path, device: to
     bar = tqdm(total=cfg.rounds, initial=start, desc="imle", unit="round", disable=not progress, dynamic_ncols=True)
     for rnd in range(start, cfg.rounds):
         rng = torch.Generator().manual_seed(seed * 100003 + rnd)
+        lr = round_lr(cfg, rnd)
+        for group in opt.param_groups:
+            group["lr"] = lr
         t0 = time.perf_counter()
         matched, dist = matching_round(mapper, latents, cfg.samples_per_latent * n, cfg.noise_dim, rng, device,
                                        cfg.knn_device)
@@ -106,7 +114,7 @@ def train_imle(latents: torch.Tensor, cfg: IMLEConfig, out_dir: Path, device: to
                 if stop:
                     raise Preempted(f"imle: stopped in round {rnd}; resuming restarts it from {state_path}")
         row = {"round": rnd + 1, "imle/nn_dist": dist.mean().item(), "imle/nn_dist_max": dist.max().item(),
-               "imle/loss": loss_sum / max(steps, 1), "imle/match_seconds": t_match,
+               "imle/loss": loss_sum / max(steps, 1), "imle/lr": lr, "imle/match_seconds": t_match,
                "imle/round_seconds": time.perf_counter() - t0}
         stats.write(**row)
         log.info("imle: round %d/%d mean NN distance %.4f, loss %.4f (matching %.2fs)", rnd + 1, cfg.rounds,

@@ -38,3 +38,22 @@ def test_imle_reduces_nearest_neighbour_distance(tmp_path):
     assert [r["round"] for r in rows] == list(range(1, 7))
     assert rows[-1]["imle/nn_dist"] < 0.5 * rows[0]["imle/nn_dist"]
     assert (tmp_path / "mapper" / "model.safetensors").is_file()
+
+
+def test_lr_step_decay_by_round_survives_a_resume(tmp_path):
+    latents = clustered_latents(128)
+    base = dict(noise_dim=4, mapper=MapperConfig(hidden_dim=16), epochs_per_round=1, batch_size=64, lr=4e-3,
+                lr_decay_every=2, lr_decay=0.5)
+    train_imle(latents, IMLEConfig(rounds=3, **base), tmp_path, torch.device("cpu"), progress=False)
+    # Resume from the round-3 checkpoint with more rounds: the lr follows the round number, not the restart.
+    train_imle(latents, IMLEConfig(rounds=5, **base), tmp_path, torch.device("cpu"), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["imle/lr"] for r in rows] == [4e-3, 4e-3, 2e-3, 2e-3, 1e-3]
+
+
+def test_constant_lr_by_default(tmp_path):
+    cfg = IMLEConfig(noise_dim=4, mapper=MapperConfig(hidden_dim=16), rounds=2, epochs_per_round=1, batch_size=64)
+    train_imle(clustered_latents(64), cfg, tmp_path, torch.device("cpu"), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
+    assert [r["imle/lr"] for r in rows] == [1e-3, 1e-3]

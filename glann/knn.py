@@ -36,13 +36,11 @@ def nearest_neighbors(database: torch.Tensor, queries: torch.Tensor, device: str
         db = np.ascontiguousarray(database.detach().cpu().numpy(), dtype=np.float32)
         q = np.ascontiguousarray(queries.detach().cpu().numpy(), dtype=np.float32)
         index = faiss.IndexFlatL2(db.shape[1])
-        if want_gpu and faiss_gpu_available():
+        on_gpu = want_gpu and faiss_gpu_available()
+        if on_gpu:
             index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-            index.add(db)
-            dist2, idx = index.search(q, 1)
-        else:
-            index.add(db)
-            dist2, idx = _search_cpu(index, q)
+        index.add(db)
+        dist2, idx = index.search(q, 1) if on_gpu else _search_cpu(index, q)
         return torch.from_numpy(idx[:, 0].astype(np.int64)), torch.from_numpy(np.sqrt(np.maximum(dist2[:, 0], 0)))
     return _torch_nn(database, queries, "cuda" if want_gpu and torch.cuda.is_available() else "cpu", chunk)
 

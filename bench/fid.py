@@ -5,7 +5,8 @@
         --weights ../shared/models/inception-2015-12-05-fid-weights-no-classifier.pth
 
 ``--images FILE.npz`` scores saved uint8 samples (N x H x W x C under ``images``, as glann-sample and
-bench/reference_recipe.py write them) instead of a sampler. Prints a one-row table; --save-features keeps the sample features (.npy) for later metrics.
+bench/reference_recipe.py write them) instead of a sampler. Prints a one-row table; --save-features keeps the
+sample features (.npy) for later metrics.
 """
 import argparse
 import time

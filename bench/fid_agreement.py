@@ -52,7 +52,8 @@ def main() -> None:
                                               feature_extractor_weights_path=args.weights)
     t_theirs = time.perf_counter() - t0
     fid_tf = theirs["frechet_inception_distance"]
-    print(f"| N | glann FID | torch-fidelity FID | relative gap | glann s | torch-fidelity s |\n|---|---|---|---|---|---|\n"
+    print("| N | glann FID | torch-fidelity FID | relative gap | glann s | torch-fidelity s |\n"
+          "|---|---|---|---|---|---|\n"
           f"| {args.num} | {ours:.3f} | {fid_tf:.3f} | {100 * abs(ours - fid_tf) / fid_tf:.3f}% | {t_ours:.0f} | "
           f"{t_theirs:.0f} |")
 

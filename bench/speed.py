@@ -17,9 +17,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from glann import knn
+from glann.glo import RowAdam, glo_step
 from glann.imle import map_noise, matching_round
 from glann.losses import Lap1Loss
-from glann.glo import RowAdam, glo_step
 from glann.nets import Generator, GeneratorArch, Mapper, MapperArch
 from glann.runtime import adam
 from glann.sampler import GlannSampler

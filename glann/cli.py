@@ -5,13 +5,17 @@ import functools
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from glann.config import register_configs
 from glann.errors import GlannError
+from glann.files import writable_problem
 
 log = logging.getLogger("glann")
 
@@ -37,35 +41,20 @@ def setup() -> None:
 
 def run_app(config_name: str, task: Callable) -> None:
     """Entry point shared by the apps: register schemas, check the output folder, hand over to Hydra."""
-    import hydra
-
     setup()
     check_output_dirs(sys.argv[1:])
     hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name)(task)()
 
 
 def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def check_output_dirs(argv: list[str], default: str = "outputs") -> None:
     """Fail with one line, before Hydra creates anything, when the run/sweep folder cannot be written."""
-    import tempfile
-
     targets = [a.split("=", 1)[1] for a in argv if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))] or [default]
     for target in targets:
-        probe = Path(target).expanduser().absolute()
-        while not probe.exists():
-            probe = probe.parent
-        problem = None if probe.is_dir() else f"{probe} is not a directory"
-        if problem is None:
-            try:
-                tempfile.TemporaryFile(dir=probe).close()
-            except OSError as e:
-                problem = f"cannot write to {probe} ({e.strerror})"
+        problem = writable_problem(Path(target))
         if problem:
             print(f"glann: error: output folder {target}: {problem}", file=sys.stderr)
             sys.exit(1)

@@ -6,34 +6,31 @@ Everything outside ``train.py``/``sample.py``/this file takes these dataclasses,
 """
 from __future__ import annotations
 
-import dataclasses
+import os
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
 
 from glann.errors import ConfigError
+from glann.nets import GeneratorConfig, MapperConfig, upsampling_plan
 
 
 @dataclass
 class DataConfig:
     name: str = "embedded"  # embedded | mnist | fashion_mnist | cifar10 | celeba | folder | tiny
-    root: Optional[str] = None  # dataset root (torchvision layout) or image folder
+    root: str | None = None  # dataset root (torchvision layout) or image folder
     download: bool = False  # let torchvision download when root lacks the files
     split: str = "train"
-    image_size: Optional[int] = None  # resize to this square size; None keeps native size
-    channels: Optional[int] = None  # 1 or 3; None keeps native channels
-    center_crop: Optional[int] = None  # centre crop before resizing (CelebA: 140)
-    limit: Optional[int] = None  # keep the first N images (after a seeded shuffle)
+    image_size: int | None = None  # resize to this square size; None keeps native size
+    channels: int | None = None  # 1 or 3; None keeps native channels
+    center_crop: int | None = None  # centre crop before resizing (CelebA: 140)
+    limit: int | None = None  # keep the first N images (after a seeded shuffle)
     on_corrupt: str = "skip"  # folder: unreadable image -> "skip" (warn + count) or "error"
-    cache_dir: Optional[str] = None  # where folder/celeba arrays are cached (.npy, memory-mapped)
+    cache_dir: str | None = None  # where folder/celeba arrays are cached (.npy, memory-mapped)
     num_tiny: int = 64  # tiny: number of synthetic images
     num_stacked: int = 60000  # stacked_mnist: number of 3-digit images
-
-
-@dataclass
-class GeneratorConfig:
-    hidden_dim: int = 1024  # width of the first fully connected layer
-    base_channels: int = 64  # channels before the last transposed conv; doubled per earlier stage
-    batch_norm: bool = True
 
 
 @dataclass
@@ -59,17 +56,10 @@ class GLOConfig:
 class LossConfig:
     name: str = "lap1"  # lap1 | vgg
     lap_levels: int = 4  # Laplacian pyramid levels (incl. the low-pass residual)
-    vgg_weights: Optional[str] = None  # local VGG16 state dict; None: torchvision's ImageNet weights
-    vgg_layers: List[int] = field(default_factory=lambda: [1, 2, 3])  # VGG16 blocks tapped
+    vgg_weights: str | None = None  # local VGG16 state dict; None: torchvision's ImageNet weights
+    vgg_layers: list[int] = field(default_factory=lambda: [1, 2, 3])  # VGG16 blocks tapped
     vgg_weight: float = 1.0  # weight of the feature term against the pixel L1 term
-    vgg_resize: Optional[int] = None  # resize images before VGG (None: native size)
-
-
-@dataclass
-class MapperConfig:
-    hidden_dim: int = 256
-    num_layers: int = 3  # linear layers
-    project_to_sphere: bool = True  # map outputs onto the unit sphere, where GLO latents live
+    vgg_resize: int | None = None  # resize images before VGG (None: native size)
 
 
 @dataclass
@@ -98,14 +88,14 @@ class SamplerConfig:
 
 @dataclass
 class EvalOptions:
-    metrics: List[str] = field(default_factory=list)  # fid kid pr recon_fid glo_gaussian memorization
+    metrics: list[str] = field(default_factory=list)  # fid kid pr recon_fid glo_gaussian memorization
     num_samples: int = 10000
     num_real: int = 10000  # reference images whose features are computed (and cached)
     seed: int = 0
     batch_size: int = 50
-    inception_weights: Optional[str] = None  # local weights file; None: $GLANN_FID_WEIGHTS or download
-    fid_stats: Optional[str] = None  # precomputed reference stats (.npz with mu, sigma) for FID
-    cache_dir: Optional[str] = None  # reference features cache; None: ~/.cache/glann/inception
+    inception_weights: str | None = None  # local weights file; None: $GLANN_FID_WEIGHTS or download
+    fid_stats: str | None = None  # precomputed reference stats (.npz with mu, sigma) for FID
+    cache_dir: str | None = None  # reference features cache; None: ~/.cache/glann/inception
     device: str = "auto"
     progress: bool = True
 
@@ -120,29 +110,29 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False  # torch.use_deterministic_algorithms
-    num_threads: Optional[int] = None  # torch CPU threads (None: torch default)
+    num_threads: int | None = None  # torch CPU threads (None: torch default)
     run_name: str = "glann"
-    resume_dir: Optional[str] = None  # continue/skip stages of an existing run folder
-    cache_dir: Optional[str] = None  # content-addressed GLO stages shared by runs and sweep jobs; None: off
-    stages: List[str] = field(default_factory=lambda: ["glo", "imle", "sampler"])
+    resume_dir: str | None = None  # continue/skip stages of an existing run folder
+    cache_dir: str | None = None  # content-addressed GLO stages shared by runs and sweep jobs; None: off
+    stages: list[str] = field(default_factory=lambda: ["glo", "imle", "sampler"])
     eval: EvalOptions = field(default_factory=EvalOptions)  # metrics after training (none by default)
 
 
 @dataclass
 class SampleConfig:
-    sampler_dir: Optional[str] = None  # required
+    sampler_dir: str | None = None  # required
     num_samples: int = 64
     seed: int = 0
     batch_size: int = 500
-    output: Optional[str] = None  # *.npz file or a folder of PNGs; default samples.npz in the run dir
+    output: str | None = None  # *.npz file or a folder of PNGs; default samples.npz in the run dir
     grid: bool = True  # also write a grid PNG next to the output
     device: str = "auto"
 
 
 @dataclass
 class EvalConfig:
-    sampler_dir: Optional[str] = None  # a trained sampler folder to evaluate
-    sweep_dir: Optional[str] = None  # or: a multirun folder to tabulate
+    sampler_dir: str | None = None  # a trained sampler folder to evaluate
+    sweep_dir: str | None = None  # or: a multirun folder to tabulate
     data: DataConfig = field(default_factory=DataConfig)  # reference split (FID/KID/PR, memorisation "test")
     train_data: DataConfig = field(default_factory=DataConfig)  # training split (memorisation)
     eval: EvalOptions = field(default_factory=lambda: EvalOptions(metrics=["fid", "kid", "pr"]))
@@ -151,7 +141,7 @@ class EvalConfig:
 STAGES = ("glo", "imle", "sampler")
 
 
-def _positive(cfg: Any, prefix: str, names: List[str]) -> None:
+def _positive(cfg: Any, prefix: str, names: list[str]) -> None:
     for name in names:
         value = getattr(cfg, name)
         if value is None or value <= 0:
@@ -188,18 +178,18 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"data.on_corrupt must be 'skip' or 'error', got {cfg.data.on_corrupt!r}")
     if cfg.data.channels not in (None, 1, 3):
         raise ConfigError(f"data.channels must be 1 or 3, got {cfg.data.channels}")
-    if cfg.data.image_size is not None and not _generator_size_ok(cfg.data.image_size):
-        raise ConfigError(f"data.image_size={cfg.data.image_size} is not 4*2^k or 7*2^k (k>=1), "
-                          "which the generator needs (e.g. 28, 32, 64, 128)")
+    if cfg.data.image_size is not None:
+        try:
+            upsampling_plan(cfg.data.image_size)
+        except ValueError as e:
+            raise ConfigError(f"data.image_size={cfg.data.image_size}: the generator's {e}") from None
     if cfg.data.limit is not None and cfg.data.limit <= 0:
         raise ConfigError(f"data.limit must be positive, got {cfg.data.limit}")
     unknown = [s for s in cfg.stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
     if cfg.eval.metrics:
-        from glann.evaluate import check_options
-
-        check_options(cfg.eval)
+        check_eval_options(cfg.eval)
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
     return cfg
@@ -212,26 +202,42 @@ def validate_sample(cfg: SampleConfig) -> SampleConfig:
     return cfg
 
 
-def _generator_size_ok(size: int) -> bool:
-    for base in (4, 7):
-        s = size
-        k = 0
-        while s % 2 == 0 and s > base:
-            s //= 2
-            k += 1
-        if s == base and k >= 1:
-            return True
-    return False
+# -- evaluation options: pure config checks, run before any expensive work -----------------------------
+
+METRICS = ("fid", "kid", "pr", "recon_fid", "glo_gaussian", "memorization", "modes")
+# Fewest samples each metric can be computed from (KID subsets, PR k-NN, a full-rank-ish covariance).
+MIN_SAMPLES = {"fid": 10, "kid": 2, "pr": 4, "recon_fid": 10, "glo_gaussian": 10, "memorization": 1, "modes": 1}
+NO_INCEPTION = ("memorization", "modes")  # metrics computed without Inception features
+WEIGHTS_ENV = "GLANN_FID_WEIGHTS"
 
 
-def to_dict(cfg: Any) -> Any:
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+def resolve_weights(path: str | None = None) -> str | None:
+    """The FID Inception weights file to use (``path`` or ``$GLANN_FID_WEIGHTS``); None means torch-fidelity's
+    own download."""
+    path = path or os.environ.get(WEIGHTS_ENV)
+    if path and not Path(path).expanduser().is_file():
+        raise ConfigError(f"Inception weights {path} not found: give the path to "
+                          "inception-2015-12-05-fid-weights-no-classifier.pth (or pt_inception-2015-12-05-*.pth)")
+    return str(Path(path).expanduser()) if path else None
+
+
+def check_eval_options(opts: EvalOptions) -> None:
+    unknown = [m for m in opts.metrics if m not in METRICS]
+    if unknown:
+        raise ConfigError(f"metrics: unknown metric(s) {unknown}; choose from {list(METRICS)}")
+    for m in opts.metrics:
+        if opts.num_samples < MIN_SAMPLES[m]:
+            raise ConfigError(f"num_samples={opts.num_samples} is too small for {m} (needs >= {MIN_SAMPLES[m]})")
+    if opts.num_samples <= 0 or opts.num_real <= 0:
+        raise ConfigError("num_samples and num_real must be positive")
+    if opts.fid_stats and not Path(opts.fid_stats).expanduser().is_file():
+        raise ConfigError(f"eval.fid_stats={opts.fid_stats}: no such file")
+    if any(m not in NO_INCEPTION for m in opts.metrics):
+        resolve_weights(opts.inception_weights)
 
 
 def register_configs() -> None:
     """Register every schema as ``base_<group>`` so YAML options can extend it."""
-    from hydra.core.config_store import ConfigStore
-
     cs = ConfigStore.instance()
     cs.store(name="base_train", node=TrainConfig)
     cs.store(name="base_sample", node=SampleConfig)

@@ -9,17 +9,20 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from glann.config import DataConfig
 from glann.errors import DataError
+from glann.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,8 @@ class ImageData:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+        c, h, w = self.images.shape[1:]
+        return c, h, w
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -84,7 +88,7 @@ def _to_gray(images: np.ndarray) -> np.ndarray:
     return np.clip((images.astype(np.float32) * w).sum(1, keepdims=True) + 0.5, 0, 255).astype(np.uint8)
 
 
-def resize_uint8(images: np.ndarray, size: int, center_crop: Optional[int] = None, chunk: int = 1024) -> np.ndarray:
+def resize_uint8(images: np.ndarray, size: int, center_crop: int | None = None, chunk: int = 1024) -> np.ndarray:
     """Centre-crop to a square (``center_crop`` or the short side), then antialiased resize to ``size``."""
     out = np.empty((len(images), images.shape[1], size, size), dtype=np.uint8)
     h, w = images.shape[-2:]
@@ -116,23 +120,24 @@ def _tiny(cfg: DataConfig) -> np.ndarray:
     return images
 
 
+def stacked_mnist(images: np.ndarray, labels: np.ndarray, num: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Stack three random MNIST digits per image as channels: uint8 (num, 3, 28, 28) and mode ids."""
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(images), size=(num, 3))
+    stacked = np.concatenate([images[pick[:, c]] for c in range(3)], axis=1)
+    ids = 100 * labels[pick[:, 0]] + 10 * labels[pick[:, 1]] + labels[pick[:, 2]]
+    return stacked, ids.astype(np.int64)
+
+
 def _stacked_mnist(cfg: DataConfig) -> np.ndarray:
     """Stacked MNIST: three random MNIST digits as the three channels (1000 modes)."""
-    from dataclasses import replace
-
-    from glann.modes import stacked_mnist
-
     digits = _torchvision(replace(cfg, name="mnist"))
-    import torchvision
-
     labels = torchvision.datasets.MNIST(str(Path(os.path.expanduser(cfg.root or "data"))),
                                         train=cfg.split == "train").targets.numpy()
     return stacked_mnist(digits, labels, cfg.num_stacked, seed=0 if cfg.split == "train" else 1)[0]
 
 
 def _torchvision(cfg: DataConfig) -> np.ndarray:
-    import torchvision
-
     name = TORCHVISION_SETS[cfg.name]
     root = Path(os.path.expanduser(cfg.root or "data"))
     if not root.is_dir() and not cfg.download:
@@ -184,18 +189,14 @@ def _folder(cfg: DataConfig) -> np.ndarray:
     return _decode_to_cache(files, cache, channels, size, cfg.center_crop, cfg.on_corrupt)
 
 
-def _decode_to_cache(files: list[Path], cache: Path, channels: int, size: int, crop: Optional[int],
+def _decode_to_cache(files: list[Path], cache: Path, channels: int, size: int, crop: int | None,
                      on_corrupt: str) -> np.ndarray:
     """Decode, crop, resize; skip or stop on unreadable files; cache the array as .npy."""
-    from PIL import Image, UnidentifiedImageError
-    from tqdm import tqdm
-
     images, bad = [], []
     for path in tqdm(files, desc="decode images", unit="img", leave=False, mininterval=1.0):
         try:
             with Image.open(path) as im:
-                im = im.convert("L" if channels == 1 else "RGB")
-                arr = np.asarray(im, dtype=np.uint8)
+                arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             if on_corrupt == "error":
                 raise DataError(f"unreadable image {path} ({e}); set data.on_corrupt=skip to skip such files") from None
@@ -209,8 +210,6 @@ def _decode_to_cache(files: list[Path], cache: Path, channels: int, size: int, c
         raise DataError(f"no readable images among {len(files)} file(s) (first: {files[0]})")
     out = np.stack(images)
     try:
-        from glann.artifacts import atomic_write
-
         def write(p: Path) -> None:
             with open(p, "wb") as f:
                 np.save(f, out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
@@ -23,7 +24,7 @@ log = logging.getLogger("glann")
 
 @friendly_errors
 def run_eval(cfg: DictConfig) -> dict:
-    conf: EvalConfig = OmegaConf.to_object(cfg)
+    conf = cast(EvalConfig, OmegaConf.to_object(cfg))
     if conf.sweep_dir:
         from glann.sweep import build_table
 

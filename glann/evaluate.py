@@ -7,43 +7,23 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 
 from glann import artifacts
-from glann.config import DataConfig, EvalOptions
+from glann.config import NO_INCEPTION, DataConfig, EvalOptions, check_eval_options, resolve_weights
 from glann.data import ImageData, load_dataset
 from glann.errors import ArtifactError, ConfigError
-from glann.metrics import (InceptionFeatures, frechet_distance, kid, load_stats, precision_recall, resolve_weights,
-                           stats)
-from glann.runtime import save_grid
-from glann.sampler import GlannSampler, to_uint8
+from glann.files import atomic_write, config_hash, write_json
+from glann.images import save_grid, to_float, to_uint8
+from glann.knn import nearest_neighbors
+from glann.metrics import InceptionFeatures, frechet_distance, kid, load_stats, precision_recall, stats
+from glann.modes import cached_classifier, mode_ids, mode_stats, predict_digits
+from glann.runtime import resolve_device
+from glann.sampler import GlannSampler
 
 log = logging.getLogger(__name__)
-
-METRICS = ("fid", "kid", "pr", "recon_fid", "glo_gaussian", "memorization", "modes")
-# Fewest samples each metric can be computed from (KID subsets, PR k-NN, a full-rank-ish covariance).
-MIN_SAMPLES = {"fid": 10, "kid": 2, "pr": 4, "recon_fid": 10, "glo_gaussian": 10, "memorization": 1, "modes": 1}
-
-
-def check_options(opts: EvalOptions) -> None:
-    unknown = [m for m in opts.metrics if m not in METRICS]
-    if unknown:
-        raise ConfigError(f"metrics: unknown metric(s) {unknown}; choose from {list(METRICS)}")
-    for m in opts.metrics:
-        if opts.num_samples < MIN_SAMPLES[m]:
-            raise ConfigError(f"num_samples={opts.num_samples} is too small for {m} (needs >= {MIN_SAMPLES[m]})")
-    if opts.num_samples <= 0 or opts.num_real <= 0:
-        raise ConfigError("num_samples and num_real must be positive")
-    if opts.fid_stats and not Path(opts.fid_stats).expanduser().is_file():
-        raise ConfigError(f"eval.fid_stats={opts.fid_stats}: no such file")
-    if any(m not in ("memorization", "modes") for m in opts.metrics):
-        from glann.metrics import resolve_weights
-
-        resolve_weights(opts.inception_weights)
-
 
 def _cache_root(opts: EvalOptions) -> Path:
     return Path(opts.cache_dir).expanduser() if opts.cache_dir else Path.home() / ".cache" / "glann" / "inception"
@@ -58,7 +38,7 @@ def reference_features(data: ImageData, extractor: InceptionFeatures, opts: Eval
     idx = np.sort(np.random.default_rng(opts.seed).permutation(len(data))[:n])  # random, not "first N"
     weights = resolve_weights(opts.inception_weights)
     wkey = f"{Path(weights).name}-{Path(weights).stat().st_size}" if weights else "torch-fidelity-default"
-    key = artifacts.config_hash([data.fingerprint, n, opts.seed, wkey])
+    key = config_hash([data.fingerprint, n, opts.seed, wkey])
     path = _cache_root(opts) / f"{data.name}_{key}.npy"
     if path.is_file():
         log.info("reference features: cached %s", path)
@@ -69,7 +49,7 @@ def reference_features(data: ImageData, extractor: InceptionFeatures, opts: Eval
         with open(p, "wb") as f:
             np.save(f, feats)
 
-    artifacts.atomic_write(path, write)
+    atomic_write(path, write)
     return feats
 
 
@@ -108,8 +88,6 @@ def memorization(samples: np.ndarray, train: ImageData, test: ImageData, out_dir
                  threshold_quantile: float = 0.01, chunk: int = 1024) -> dict:
     """Pixel-space L2 distance from each sample to its nearest training image, against the same for held-out
     test images. A sample is a near-copy when it is closer to the training set than 99% of test images are."""
-    from glann.knn import nearest_neighbors
-
     def flat(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).reshape(len(a), -1).float() / 255.0
 
@@ -122,9 +100,9 @@ def memorization(samples: np.ndarray, train: ImageData, test: ImageData, out_dir
     order = torch.argsort(s_dist)[:16]
     pairs = []
     for i in order.tolist():
-        pairs += [torch.from_numpy(np.ascontiguousarray(samples[i])).float() / 255.0,
-                  torch.from_numpy(np.ascontiguousarray(train.images[s_idx[i]])).float() / 255.0]
-    figure = save_grid(torch.stack(pairs), Path(out_dir) / "memorization_closest_pairs.png", nrow=8)
+        pairs += [samples[i], train.images[s_idx[i]]]
+    figure = save_grid(to_float(np.stack(pairs), channels_last=False), Path(out_dir) / "memorization_closest_pairs.png",
+                       nrow=8)
     return {"memorization/sample_nn_dist_median": float(s_dist.median()),
             "memorization/test_nn_dist_median": float(t_dist.median()),
             "memorization/near_copy_threshold": threshold,
@@ -133,15 +111,13 @@ def memorization(samples: np.ndarray, train: ImageData, test: ImageData, out_dir
 
 
 def evaluate(sampler_dir: Path, data_cfg: DataConfig, opts: EvalOptions, out_dir: Path,
-             train_cfg: Optional[DataConfig] = None) -> dict:
+             train_cfg: DataConfig | None = None) -> dict:
     """Compute ``opts.metrics`` for the sampler at ``sampler_dir`` against ``data_cfg`` (the reference split).
 
     ``train_cfg`` is the training split, needed by ``memorization``."""
-    check_options(opts)
+    check_eval_options(opts)
     sampler_dir, out_dir = Path(sampler_dir), Path(out_dir)
     _sampler_dir_check(sampler_dir)
-    from glann.runtime import resolve_device
-
     device = resolve_device(opts.device)
     sampler = GlannSampler.from_pretrained(sampler_dir, device=device)
     reference = load_dataset(data_cfg, opts.seed)
@@ -158,8 +134,8 @@ def evaluate(sampler_dir: Path, data_cfg: DataConfig, opts: EvalOptions, out_dir
                               "training set itself; use a dataset with a test split (e.g. data=mnist)")
     results: dict = {"num_samples": opts.num_samples}
     samples = sampler(opts.num_samples, seed=opts.seed, batch_size=500, progress=opts.progress).images
-    save_grid(torch.from_numpy(samples[:100]).permute(0, 3, 1, 2).float() / 255.0, out_dir / "samples.png")
-    needs_inception = [m for m in opts.metrics if m not in ("memorization", "modes")]
+    save_grid(to_float(samples[:100]), out_dir / "samples.png")
+    needs_inception = [m for m in opts.metrics if m not in NO_INCEPTION]
     if needs_inception:
         extractor = InceptionFeatures(opts.inception_weights, device, opts.batch_size)
         fake = None
@@ -169,16 +145,19 @@ def evaluate(sampler_dir: Path, data_cfg: DataConfig, opts: EvalOptions, out_dir
         if any(m in opts.metrics for m in ("kid", "pr")) or not opts.fid_stats:
             real = reference_features(reference, extractor, opts)
             results["num_real"] = len(real)
-        ref_stats = load_stats(opts.fid_stats) if opts.fid_stats else stats(real)
+        ref_stats = load_stats(opts.fid_stats) if opts.fid_stats else stats(real)  # type: ignore[arg-type]
 
         def fid_of(features: np.ndarray) -> float:
             return frechet_distance(*stats(features), *ref_stats)
 
         if "fid" in opts.metrics:
+            assert fake is not None
             results["fid"] = fid_of(fake)
         if "kid" in opts.metrics:
+            assert fake is not None and real is not None
             results["kid"], results["kid_std"] = kid(fake, real, subset_size=min(1000, len(fake), len(real)))
         if "pr" in opts.metrics:
+            assert fake is not None and real is not None
             results["precision"], results["recall"] = precision_recall(real, fake, k=3)
         if "recon_fid" in opts.metrics or "glo_gaussian" in opts.metrics:
             glo_dir = glo_stage_of(sampler_dir)
@@ -189,20 +168,17 @@ def evaluate(sampler_dir: Path, data_cfg: DataConfig, opts: EvalOptions, out_dir
                 results["recon_fid"] = fid_of(extractor(recon, opts.progress, "inception (reconstructions)"))
             if "glo_gaussian" in opts.metrics:
                 gauss = to_uint8(sampler.decode(gaussian_latents(latents, opts.num_samples, opts.seed)))
-                save_grid(torch.from_numpy(gauss[:100]).permute(0, 3, 1, 2).float() / 255.0,
-                          out_dir / "glo_gaussian_samples.png")
+                save_grid(to_float(gauss[:100]), out_dir / "glo_gaussian_samples.png")
                 results["glo_gaussian_fid"] = fid_of(extractor(gauss, opts.progress, "inception (GLO+Gaussian)"))
     if train is not None:
         results.update(memorization(samples.transpose(0, 3, 1, 2), train, reference, out_dir))
     if "modes" in opts.metrics:
-        from glann.modes import cached_classifier, mode_ids, mode_stats, predict_digits
-
         if sampler.image_shape != (3, 28, 28):
             raise ConfigError(f"modes needs a stacked-MNIST sampler (3x28x28 images), not {sampler.image_shape}")
         root = (train_cfg or data_cfg).root or "data"
         classifier = cached_classifier(root, opts.cache_dir)
         results.update(mode_stats(mode_ids(samples.transpose(0, 3, 1, 2), lambda x: predict_digits(classifier, x))))
-    artifacts.write_json(out_dir / "metrics.json", results)
+    write_json(out_dir / "metrics.json", results)
     return results
 
 

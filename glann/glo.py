@@ -13,16 +13,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from glann import artifacts
 from glann.config import GLOConfig, LossConfig
 from glann.data import ImageData
-from glann.errors import ArtifactError, TrainingError
+from glann.errors import ArtifactError
 from glann.losses import build_loss
 from glann.nets import Generator, GeneratorArch
-from glann.runtime import (NO_STOP, CheckpointTimer, Preempted, Stats, StopFlag, adam, rng_state, save_grid,
-                           set_rng_state)
+from glann.runtime import NO_STOP, StopFlag, adam
+from glann.training import LoopOptions, Schedule, fit
 
 log = logging.getLogger(__name__)
 
@@ -47,116 +46,103 @@ def init_latents(data: ImageData, dim: int, method: str, seed: int, max_fit: int
     return F.normalize(z, dim=1)
 
 
-def generator_arch(cfg: GLOConfig, image_shape: tuple[int, int, int]) -> GeneratorArch:
-    c, h, w = image_shape
-    return GeneratorArch(latent_dim=cfg.latent_dim, image_size=h, channels=c, hidden_dim=cfg.generator.hidden_dim,
-                         base_channels=cfg.generator.base_channels, batch_norm=cfg.generator.batch_norm)
+class GLOStage:
+    """GLO as the shared training loop (:func:`glann.training.fit`) sees it: one epoch is one pass over the images
+    in a seeded order; each step moves the generator and only the batch's latent codes."""
+
+    name, unit, count_key, mid_unit_checkpoints = "glo", "epoch", "epochs", True
+
+    def __init__(self, data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Path, device: torch.device,
+                 seed: int = 0):
+        self.data, self.cfg, self.out_dir, self.device, self.seed = data, cfg, Path(out_dir), device, seed
+        self.num_units = cfg.epochs
+        n = len(data)
+        torch.manual_seed(seed)  # the init must not depend on what ran before in this process
+        self.gen = Generator(GeneratorArch.of(cfg.generator, cfg.latent_dim, data.shape)).to(device)
+        self.latents = nn.Embedding(n, cfg.latent_dim, sparse=True).to(device)
+        self.opt_g = adam(self.gen.parameters(), lr=cfg.lr_generator, betas=(cfg.beta1, cfg.beta2))
+        self.opt_z = (RowAdam if cfg.latent_optimizer == "row_adam" else torch.optim.SparseAdam)(
+            self.latents.parameters(), lr=cfg.lr_latent, betas=(cfg.beta1, cfg.beta2))
+        self.loss_fn = build_loss(loss_cfg).to(device)
+        self.batches_per_epoch = math.ceil(n / cfg.batch_size)
+        self.grid_idx = torch.arange(min(32, n))
+
+    def optimizers(self) -> list[tuple[torch.optim.Optimizer, float]]:
+        return [(self.opt_g, self.cfg.lr_generator), (self.opt_z, self.cfg.lr_latent)]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.gen.state_dict(), "latents": self.latents.weight.detach(),
+                "opt_g": self.opt_g.state_dict(), "opt_z": self.opt_z.state_dict(), "num_images": len(self.data)}
+
+    def load_state_dict(self, state: dict) -> None:
+        n, dim = len(self.data), self.cfg.latent_dim
+        if state.get("num_images") != n or tuple(state["latents"].shape) != (n, dim):
+            raise ArtifactError(f"checkpoint {self.out_dir / 'state'} is from an incompatible config (latents "
+                                f"{tuple(state['latents'].shape)}, need {(n, dim)}); delete it or use another run "
+                                "directory")
+        self.gen.load_state_dict(state["generator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_z.load_state_dict(state["opt_z"])
+        with torch.no_grad():
+            self.latents.weight.copy_(state["latents"])
+
+    def init_fresh(self) -> None:
+        with torch.no_grad():
+            self.latents.weight.copy_(init_latents(self.data, self.cfg.latent_dim, self.cfg.latent_init, self.seed))
+
+    def steps_in(self, unit: int) -> int:
+        return self.batches_per_epoch
+
+    def begin(self, unit: int) -> None:
+        self.gen.train()
+        self.perm = torch.randperm(len(self.data), generator=torch.Generator().manual_seed(self.seed * 100003 + unit))
+        self.t0, self.seen = time.perf_counter(), 0
+
+    def step(self, unit: int, i: int) -> tuple[float, int]:
+        idx = self.perm[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size]
+        if len(idx) < 2 and self.cfg.generator.batch_norm:  # BatchNorm cannot train on one image
+            return 0.0, 0
+        loss = glo_step(self.gen, self.latents, self.opt_g, self.opt_z, self.loss_fn,
+                        self.data.batch(idx, self.device), idx.to(self.device))
+        self.seen += len(idx)
+        return loss, len(idx)
+
+    def end(self, unit: int) -> dict[str, float]:
+        return {"glo/images_per_s": self.seen / max(time.perf_counter() - self.t0, 1e-9),
+                "glo/lr_generator": self.opt_g.param_groups[0]["lr"], "glo/lr_latent": self.opt_z.param_groups[0]["lr"]}
+
+    @torch.no_grad()
+    def snapshot(self, unit: int) -> dict[str, tuple[torch.Tensor, int]]:
+        """Rows alternate: real images, then their reconstructions."""
+        was_training = self.gen.training
+        self.gen.eval()
+        real = self.data.batch(self.grid_idx, self.device)
+        recon = self.gen(self.latents.weight[self.grid_idx.to(self.device)])
+        self.gen.train(was_training)
+        per_row = 8
+        rows = [t for s in range(0, len(real), per_row) for t in (real[s:s + per_row], recon[s:s + per_row])]
+        return {"recon": (torch.cat(rows), per_row)}
+
+    def export(self) -> None:
+        recalibrate_batchnorm(self.gen, self.latents.weight.detach(), self.cfg.batch_size)
+        artifacts.save_network(self.out_dir / "generator", self.gen)
+        artifacts.save_tensors(self.out_dir / "latents.safetensors", {"latents": self.latents.weight.detach()})
 
 
 def train_glo(data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Path, device: torch.device,
               seed: int = 0, stop: StopFlag = NO_STOP, progress: bool = True, resume_key: str = "") -> dict:
-    """Train (or resume) GLO into ``out_dir``. ``resume_key`` identifies the settings a checkpoint must share
-    to be resumed (everything but the epoch count and logging); a mismatch is an error, not a silent mix."""
-    out_dir = Path(out_dir)
-    n = len(data)
-    torch.manual_seed(seed)  # the init must not depend on what ran before in this process
-    gen = Generator(generator_arch(cfg, data.shape)).to(device)
-    latents = nn.Embedding(n, cfg.latent_dim, sparse=True).to(device)
-    opt_g = adam(gen.parameters(), lr=cfg.lr_generator, betas=(cfg.beta1, cfg.beta2))
-    opt_z = (RowAdam if cfg.latent_optimizer == "row_adam" else torch.optim.SparseAdam)(
-        latents.parameters(), lr=cfg.lr_latent, betas=(cfg.beta1, cfg.beta2))
-    sched_g = torch.optim.lr_scheduler.StepLR(opt_g, cfg.lr_decay_every, cfg.lr_decay)
-    sched_z = torch.optim.lr_scheduler.StepLR(opt_z, cfg.lr_decay_every, cfg.lr_decay)
-    loss_fn = build_loss(loss_cfg).to(device)
-    state_path = out_dir / "state" / "last.pt"
-    stats = Stats(out_dir / "stats.jsonl")
-    batches_per_epoch = math.ceil(n / cfg.batch_size)
-    epoch, batch_i = 0, 0
+    """Train GLO on ``data`` into ``out_dir`` (or resume it from ``out_dir/state/last.pt``).
 
-    def checkpoint() -> None:
-        artifacts.save_state(state_path, {
-            "generator": gen.state_dict(), "latents": latents.weight.detach(), "opt_g": opt_g.state_dict(),
-            "opt_z": opt_z.state_dict(), "sched_g": sched_g.state_dict(), "sched_z": sched_z.state_dict(),
-            "epoch": epoch, "batch": batch_i, "num_images": n, "rng": rng_state(), "resume_key": resume_key})
-        timer.reset()
-
-    if state_path.is_file():
-        state = artifacts.load_state(state_path)
-        artifacts.check_resume_key(state, resume_key, state_path)
-        if state.get("num_images") != n or tuple(state["latents"].shape) != (n, cfg.latent_dim):
-            raise ArtifactError(f"checkpoint {state_path} is from an incompatible config "
-                                f"(latents {tuple(state['latents'].shape)}, need {(n, cfg.latent_dim)}); "
-                                "delete it or use another run directory")
-        try:
-            gen.load_state_dict(state["generator"])
-            opt_g.load_state_dict(state["opt_g"])
-            opt_z.load_state_dict(state["opt_z"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise ArtifactError(f"checkpoint {state_path} is from an incompatible config: {e}") from None
-        with torch.no_grad():
-            latents.weight.copy_(state["latents"])
-        sched_g.load_state_dict(state["sched_g"])
-        sched_z.load_state_dict(state["sched_z"])
-        epoch, batch_i = state["epoch"], state["batch"]
-        if epoch > cfg.epochs:
-            raise ArtifactError(f"checkpoint {state_path} is at epoch {epoch}, past glo.epochs={cfg.epochs}; raise "
-                                "glo.epochs or use a new run folder")
-        set_rng_state(state["rng"])
-        log.info("glo: resuming from %s at epoch %d, batch %d", state_path, epoch, batch_i)
-    else:
-        with torch.no_grad():
-            latents.weight.copy_(init_latents(data, cfg.latent_dim, cfg.latent_init, seed))
-
-    stats.rewind("epoch", epoch)
-    timer = CheckpointTimer(cfg.checkpoint_minutes)
-    grid_idx = torch.arange(min(32, n))
-    row: dict = {}
-    bar = tqdm(total=cfg.epochs * batches_per_epoch, initial=epoch * batches_per_epoch + batch_i, desc="glo",
-               unit="batch", disable=not progress, dynamic_ncols=True, mininterval=1.0)
-    while epoch < cfg.epochs:
-        gen.train()
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch))
-        t0, loss_sum, seen = time.perf_counter(), 0.0, 0
-        while batch_i < batches_per_epoch:
-            idx = perm[batch_i * cfg.batch_size:(batch_i + 1) * cfg.batch_size]
-            if len(idx) < 2 and cfg.generator.batch_norm:  # BatchNorm cannot train on one image
-                batch_i += 1
-                bar.update(1)
-                continue
-            loss = glo_step(gen, latents, opt_g, opt_z, loss_fn, data.batch(idx, device), idx.to(device))
-            if not math.isfinite(loss):
-                raise TrainingError(f"glo: loss became {loss} at epoch {epoch}, batch {batch_i}; the last good "
-                                    f"checkpoint {state_path if state_path.is_file() else '(none)'} is kept. "
-                                    "Lower glo.lr_generator / glo.lr_latent and re-run to resume")
-            loss_sum += loss * len(idx)
-            seen += len(idx)
-            batch_i += 1
-            bar.update(1)
-            if stop or timer.due():
-                checkpoint()
-                if stop:
-                    raise Preempted(f"glo: stopped at epoch {epoch}, batch {batch_i}; state saved to {state_path}")
-        dt = time.perf_counter() - t0
-        sched_g.step()
-        sched_z.step()
-        epoch, batch_i = epoch + 1, 0
-        row = {"epoch": epoch, "glo/loss": loss_sum / max(seen, 1), "glo/images_per_s": seen / max(dt, 1e-9),
-               "glo/lr_generator": opt_g.param_groups[0]["lr"], "glo/lr_latent": opt_z.param_groups[0]["lr"]}
-        stats.write(**row)
-        log.info("glo: epoch %d/%d loss %.5f (%.0f img/s)", epoch, cfg.epochs, row["glo/loss"], row["glo/images_per_s"])
-        bar.set_postfix(epoch=epoch, loss=f"{row['glo/loss']:.4f}")
-        if cfg.grid_every and (epoch % cfg.grid_every == 0 or epoch == cfg.epochs):
-            save_recon_grid(gen, latents.weight, data, grid_idx, out_dir / "grids" / f"recon_{epoch:04d}.png", device)
-        if epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs:
-            checkpoint()
-        if stop:
-            raise Preempted(f"glo: stopped after epoch {epoch}; state saved to {state_path}")
-    bar.close()
-
-    recalibrate_batchnorm(gen, latents.weight.detach(), cfg.batch_size)
-    artifacts.save_network(out_dir / "generator", gen)
-    artifacts.save_tensors(out_dir / "latents.safetensors", {"latents": latents.weight.detach()})
-    return {k: v for k, v in row.items() if k.startswith("glo/")}
+    Writes ``generator/`` and ``latents.safetensors`` (the artifacts the IMLE stage reads), ``stats.jsonl`` (one row
+    per epoch), ``grids/recon_*.png`` and the training state. ``resume_key`` identifies the settings a checkpoint
+    must share to be resumed (everything but the epoch count and logging); a mismatch is an error, not a silent
+    mix. Returns the last epoch's ``glo/*`` metrics.
+    """
+    schedule = Schedule(lr_decay_every=cfg.lr_decay_every, lr_decay=cfg.lr_decay, grid_every=cfg.grid_every,
+                        checkpoint_every=cfg.checkpoint_every, checkpoint_minutes=cfg.checkpoint_minutes,
+                        lr_hint="glo.lr_generator / glo.lr_latent")
+    stage = GLOStage(data, cfg, loss_cfg, out_dir, device, seed)
+    return fit(stage, out_dir, schedule, LoopOptions(stop=stop, progress=progress, resume_key=resume_key))
 
 
 def glo_step(gen: nn.Module, latents: nn.Embedding, opt_g: torch.optim.Optimizer, opt_z: torch.optim.Optimizer,
@@ -174,20 +160,6 @@ def glo_step(gen: nn.Module, latents: nn.Embedding, opt_g: torch.optim.Optimizer
     with torch.no_grad():
         latents.weight[idx] = F.normalize(latents.weight[idx], dim=1)
     return float(loss.item())
-
-
-@torch.no_grad()
-def save_recon_grid(gen: nn.Module, z: torch.Tensor, data: ImageData, idx: torch.Tensor, path: Path,
-                    device: torch.device) -> None:
-    """Rows alternate: real images, then their reconstructions."""
-    was_training = gen.training
-    gen.eval()
-    real = data.batch(idx, device)
-    recon = gen(z[idx.to(z.device)].to(device))
-    gen.train(was_training)
-    per_row = 8
-    rows = [t for s in range(0, len(idx), per_row) for t in (real[s:s + per_row], recon[s:s + per_row])]
-    save_grid(torch.cat(rows), path, nrow=per_row)
 
 
 @torch.no_grad()
@@ -213,7 +185,7 @@ def recalibrate_batchnorm(gen: nn.Module, latents: torch.Tensor, batch_size: int
 
 def load_glo(stage_dir: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, torch.Tensor]:
     """The trained generator and latent table of a finished GLO stage."""
-    gen = artifacts.load_network(Path(stage_dir) / "generator", device)
+    gen = artifacts.load_network(Path(stage_dir) / "generator", device, Generator)
     z = artifacts.load_tensors(Path(stage_dir) / "latents.safetensors")["latents"]
     return gen, z
 

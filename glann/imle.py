@@ -8,32 +8,21 @@ latent (faiss), then trains the mapper to pull those matched outputs onto the da
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from glann import artifacts
 from glann.config import IMLEConfig
-from glann.errors import ArtifactError, TrainingError
 from glann.knn import nearest_neighbors
 from glann.nets import Mapper, MapperArch
-from glann.runtime import NO_STOP, Preempted, Stats, StopFlag, adam, rng_state, save_grid, set_rng_state
+from glann.runtime import NO_STOP, StopFlag, adam
+from glann.training import LoopOptions, Schedule, fit
 
 log = logging.getLogger(__name__)
-
-
-def mapper_arch(cfg: IMLEConfig, latent_dim: int) -> MapperArch:
-    return MapperArch(noise_dim=cfg.noise_dim, latent_dim=latent_dim, hidden_dim=cfg.mapper.hidden_dim,
-                      num_layers=cfg.mapper.num_layers, project_to_sphere=cfg.mapper.project_to_sphere)
-
-
-def round_lr(cfg: IMLEConfig, rnd: int) -> float:
-    """The mapper's lr in round ``rnd`` (0-based): step decay every ``lr_decay_every`` rounds, if set."""
-    return cfg.lr * cfg.lr_decay ** (rnd // cfg.lr_decay_every) if cfg.lr_decay_every else cfg.lr
 
 
 @torch.no_grad()
@@ -55,78 +44,87 @@ def matching_round(mapper: nn.Module, latents: torch.Tensor, num_samples: int, n
     return noise[idx], dist
 
 
-def train_imle(latents: torch.Tensor, cfg: IMLEConfig, out_dir: Path, device: torch.device, seed: int = 0,
-               generator: Optional[nn.Module] = None, stop: StopFlag = NO_STOP, progress: bool = True,
-               resume_key: str = "") -> dict:
-    out_dir = Path(out_dir)
-    latents = latents.float().cpu()
-    n, dim = latents.shape
-    torch.manual_seed(seed + 1)  # the init must not depend on whether GLO ran in this process
-    mapper = Mapper(mapper_arch(cfg, dim)).to(device)
-    opt = adam(mapper.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    state_path = out_dir / "state" / "last.pt"
-    stats = Stats(out_dir / "stats.jsonl")
-    start = 0
-    if state_path.is_file():
-        state = artifacts.load_state(state_path)
-        artifacts.check_resume_key(state, resume_key, state_path)
-        try:
-            mapper.load_state_dict(state["mapper"])
-            opt.load_state_dict(state["opt"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise ArtifactError(f"checkpoint {state_path} is from an incompatible config: {e}") from None
-        start = state["round"]
-        if start > cfg.rounds:
-            raise ArtifactError(f"checkpoint {state_path} is at round {start}, past imle.rounds={cfg.rounds}; raise "
-                                "imle.rounds or use a new run folder")
-        set_rng_state(state["rng"])
-        log.info("imle: resuming from %s at round %d", state_path, start)
-    stats.rewind("round", start)
-    grid_noise = torch.randn(64, cfg.noise_dim, generator=torch.Generator().manual_seed(seed + 17))
-    target_dev = latents.to(device)
-    row: dict = {}
-    bar = tqdm(total=cfg.rounds, initial=start, desc="imle", unit="round", disable=not progress, dynamic_ncols=True)
-    for rnd in range(start, cfg.rounds):
-        rng = torch.Generator().manual_seed(seed * 100003 + rnd)
-        lr = round_lr(cfg, rnd)
-        for group in opt.param_groups:
-            group["lr"] = lr
+class IMLEStage:
+    """IMLE as the shared training loop (:func:`glann.training.fit`) sees it: a round matches every data latent to
+    its nearest generated latent, then trains the mapper on those pairs for ``epochs_per_round`` epochs."""
+
+    name, unit, count_key, mid_unit_checkpoints = "imle", "round", "rounds", False  # a stopped round restarts
+
+    def __init__(self, latents: torch.Tensor, cfg: IMLEConfig, out_dir: Path, device: torch.device, seed: int = 0,
+                 generator: nn.Module | None = None):
+        self.latents = latents.float().cpu()
+        self.cfg, self.out_dir, self.device, self.seed, self.generator = cfg, Path(out_dir), device, seed, generator
+        self.num_units = cfg.rounds
+        n, dim = self.latents.shape
+        torch.manual_seed(seed + 1)  # the init must not depend on whether GLO ran in this process
+        self.mapper = Mapper(MapperArch.of(cfg.mapper, cfg.noise_dim, dim)).to(device)
+        self.opt = adam(self.mapper.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.grid_noise = torch.randn(64, cfg.noise_dim, generator=torch.Generator().manual_seed(seed + 17))
+        self.target = self.latents.to(device)
+        self.batches_per_epoch = math.ceil(n / cfg.batch_size)
+
+    def optimizers(self) -> list[tuple[torch.optim.Optimizer, float]]:
+        return [(self.opt, self.cfg.lr)]
+
+    def state_dict(self) -> dict:
+        return {"mapper": self.mapper.state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mapper.load_state_dict(state["mapper"])
+        self.opt.load_state_dict(state["opt"])
+
+    def init_fresh(self) -> None:
+        pass
+
+    def steps_in(self, unit: int) -> int:
+        return self.cfg.epochs_per_round * self.batches_per_epoch
+
+    def begin(self, unit: int) -> None:
+        n, cfg = len(self.latents), self.cfg
+        rng = torch.Generator().manual_seed(self.seed * 100003 + unit)
         t0 = time.perf_counter()
-        matched, dist = matching_round(mapper, latents, cfg.samples_per_latent * n, cfg.noise_dim, rng, device,
-                                       cfg.knn_device)
-        t_match = time.perf_counter() - t0
-        matched = matched.to(device)
-        mapper.train()
-        loss_sum, steps = 0.0, 0
-        for _ in range(cfg.epochs_per_round):
-            perm = torch.randperm(n, generator=rng).to(device)
-            for s in range(0, n, cfg.batch_size):
-                b = perm[s:s + cfg.batch_size]
-                loss = (mapper(matched[b]) - target_dev[b]).pow(2).sum(1).mean()
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"imle: loss became {loss.item()} in round {rnd}; the last good checkpoint "
-                                        f"{state_path if state_path.is_file() else '(none)'} is kept. Lower imle.lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.item()
-                steps += 1
-                if stop:
-                    raise Preempted(f"imle: stopped in round {rnd}; resuming restarts it from {state_path}")
-        row = {"round": rnd + 1, "imle/nn_dist": dist.mean().item(), "imle/nn_dist_max": dist.max().item(),
-               "imle/loss": loss_sum / max(steps, 1), "imle/lr": lr, "imle/match_seconds": t_match,
-               "imle/round_seconds": time.perf_counter() - t0}
-        stats.write(**row)
-        log.info("imle: round %d/%d mean NN distance %.4f, loss %.4f (matching %.2fs)", rnd + 1, cfg.rounds,
-                 row["imle/nn_dist"], row["imle/loss"], t_match)
-        bar.set_postfix(nn_dist=f"{row['imle/nn_dist']:.4f}")
-        bar.update(1)
-        artifacts.save_state(state_path, {"mapper": mapper.state_dict(), "opt": opt.state_dict(), "round": rnd + 1,
-                                          "num_latents": n, "rng": rng_state(), "resume_key": resume_key})
-        if generator is not None and cfg.grid_every and ((rnd + 1) % cfg.grid_every == 0 or rnd + 1 == cfg.rounds):
-            with torch.no_grad():
-                images = generator(map_noise(mapper, grid_noise, device).to(device))
-            save_grid(images, out_dir / "grids" / f"samples_{rnd + 1:04d}.png", nrow=8)
-    bar.close()
-    artifacts.save_network(out_dir / "mapper", mapper.eval())
-    return {k: v for k, v in row.items() if k.startswith("imle/")}
+        matched, self.dist = matching_round(self.mapper, self.latents, cfg.samples_per_latent * n, cfg.noise_dim, rng,
+                                            self.device, cfg.knn_device)
+        self.match_seconds = time.perf_counter() - t0
+        self.matched = matched.to(self.device)
+        self.perms = [torch.randperm(n, generator=rng).to(self.device) for _ in range(cfg.epochs_per_round)]
+        self.mapper.train()
+
+    def step(self, unit: int, i: int) -> tuple[float, int]:
+        epoch, b = divmod(i, self.batches_per_epoch)
+        idx = self.perms[epoch][b * self.cfg.batch_size:(b + 1) * self.cfg.batch_size]
+        loss = (self.mapper(self.matched[idx]) - self.target[idx]).pow(2).sum(1).mean()
+        if not torch.isfinite(loss):
+            return loss.item(), len(idx)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return loss.item(), len(idx)
+
+    def end(self, unit: int) -> dict[str, float]:
+        return {"imle/nn_dist": self.dist.mean().item(), "imle/nn_dist_max": self.dist.max().item(),
+                "imle/lr": self.opt.param_groups[0]["lr"], "imle/match_seconds": self.match_seconds}
+
+    @torch.no_grad()
+    def snapshot(self, unit: int) -> dict[str, tuple[torch.Tensor, int]]:
+        if self.generator is None:
+            return {}
+        return {"samples": (self.generator(map_noise(self.mapper, self.grid_noise, self.device).to(self.device)), 8)}
+
+    def export(self) -> None:
+        artifacts.save_network(self.out_dir / "mapper", self.mapper.eval())
+
+
+def train_imle(latents: torch.Tensor, cfg: IMLEConfig, out_dir: Path, device: torch.device, seed: int = 0,
+               generator: nn.Module | None = None, stop: StopFlag = NO_STOP, progress: bool = True,
+               resume_key: str = "") -> dict:
+    """Train the IMLE mapper onto the data ``latents`` (N, d) in ``out_dir`` (or resume it from its checkpoint).
+
+    Writes ``mapper/`` (the artifact the sampler reads), ``stats.jsonl`` (one row per round: NN distances, loss,
+    lr, matching time), ``grids/samples_*.png`` when ``generator`` is given, and the training state, saved after
+    every round. Returns the last round's ``imle/*`` metrics.
+    """
+    schedule = Schedule(lr_decay_every=cfg.lr_decay_every, lr_decay=cfg.lr_decay, grid_every=cfg.grid_every,
+                        checkpoint_every=1, checkpoint_minutes=math.inf, lr_hint="imle.lr")
+    stage = IMLEStage(latents, cfg, out_dir, device, seed, generator)
+    return fit(stage, out_dir, schedule, LoopOptions(stop=stop, progress=progress, resume_key=resume_key))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 try:
     import faiss
 except ImportError:  # pragma: no cover - faiss is a hard dependency; the fallback keeps tools usable
-    faiss = None
+    faiss = None  # type: ignore[assignment]
 
 
 def faiss_gpu_available() -> bool:
@@ -35,7 +36,7 @@ def nearest_neighbors(database: torch.Tensor, queries: torch.Tensor, device: str
     if faiss is not None:
         db = np.ascontiguousarray(database.detach().cpu().numpy(), dtype=np.float32)
         q = np.ascontiguousarray(queries.detach().cpu().numpy(), dtype=np.float32)
-        index = faiss.IndexFlatL2(db.shape[1])
+        index: Any = faiss.IndexFlatL2(db.shape[1])
         on_gpu = want_gpu and faiss_gpu_available()
         if on_gpu:
             index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)

@@ -5,15 +5,16 @@ Each loss maps (prediction, target), both (N, C, H, W) in [0, 1], to a per-sampl
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 from glann.errors import ConfigError
-
 
 _BINOMIAL_5 = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)
 
@@ -27,8 +28,8 @@ def blur_downsample(x: torch.Tensor) -> torch.Tensor:
     """
     h, w = x.shape[-2:]
     p = F.pad(x, (2, 2, 2, 2), mode="replicate")
-    p = sum(c * p[..., :, k:k + w:2] for k, c in enumerate(_BINOMIAL_5))
-    return sum(c * p[..., k:k + h:2, :] for k, c in enumerate(_BINOMIAL_5))
+    p = cast(torch.Tensor, sum(c * p[..., :, k:k + w:2] for k, c in enumerate(_BINOMIAL_5)))
+    return cast(torch.Tensor, sum(c * p[..., k:k + h:2, :] for k, c in enumerate(_BINOMIAL_5)))
 
 
 def laplacian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
@@ -68,13 +69,11 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def load_vgg16_features(weights: Optional[str]) -> nn.Sequential:
+def load_vgg16_features(weights: str | None) -> nn.Sequential:
     """VGG16 conv trunk with ImageNet weights: from a local file, or torchvision's (downloaded/cached).
 
     Never falls back to random weights: a perceptual loss on random features is silently wrong.
     """
-    import torchvision
-
     vgg = torchvision.models.vgg16(weights=None)
     how_to = ("Provide VGG16 ImageNet weights: run once on a connected machine "
               "`python -c \"import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')\"` "
@@ -102,10 +101,13 @@ def load_vgg16_features(weights: Optional[str]) -> nn.Sequential:
 
 
 class VGGLoss(nn.Module):
+    mean: torch.Tensor
+    std: torch.Tensor
+
     """GLANN's loss: L1 on pixels plus L1 on VGG16 features after the given blocks (1-3 at 28-32 px)."""
 
     def __init__(self, features: nn.Sequential, blocks: Sequence[int] = (1, 2, 3),
-                 feature_weight: float = 1.0, resize: Optional[int] = None):
+                 feature_weight: float = 1.0, resize: int | None = None):
         super().__init__()
         last = max(_VGG16_BLOCK_END[b] for b in blocks)
         self.features = features[: last + 1].eval().requires_grad_(False)

@@ -6,32 +6,20 @@ file (argument or ``$GLANN_FID_WEIGHTS``), else torch-fidelity's download (cache
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 from scipy import linalg
 
+from glann.config import WEIGHTS_ENV, resolve_weights
 from glann.errors import ConfigError
-
-WEIGHTS_ENV = "GLANN_FID_WEIGHTS"
-
-
-def resolve_weights(path: Optional[str] = None) -> Optional[str]:
-    """The Inception weights file to use; None means torch-fidelity's own download."""
-    path = path or os.environ.get(WEIGHTS_ENV)
-    if path and not Path(path).expanduser().is_file():
-        raise ConfigError(f"Inception weights {path} not found: give the path to "
-                          "inception-2015-12-05-fid-weights-no-classifier.pth (or pt_inception-2015-12-05-*.pth)")
-    return str(Path(path).expanduser()) if path else None
 
 
 class InceptionFeatures:
     """uint8 images (N, H, W, C) or (N, C, H, W), 1 or 3 channels -> float64 (N, 2048) pool3 features."""
 
-    def __init__(self, weights: Optional[str] = None, device: str | torch.device = "cpu", batch_size: int = 50):
+    def __init__(self, weights: str | None = None, device: str | torch.device = "cpu", batch_size: int = 50):
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         weights = resolve_weights(weights)

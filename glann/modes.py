@@ -6,13 +6,15 @@ Reported: modes covered (of 1000) and KL(sample mode histogram || uniform).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
+from tqdm import tqdm
 
 from glann import artifacts
 
@@ -44,8 +46,6 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = 2, se
     x_all = torch.from_numpy(np.ascontiguousarray(images)).float() / 255.0
     y_all = torch.from_numpy(np.asarray(labels)).long()
     g = torch.Generator().manual_seed(seed)
-    from tqdm import tqdm
-
     for _ in tqdm(range(epochs), desc="mnist classifier", unit="epoch", leave=False):
         perm = torch.randperm(len(x_all), generator=g)
         for s in range(0, len(perm), batch_size):
@@ -68,7 +68,7 @@ def predict_digits(model: nn.Module, images: np.ndarray, batch_size: int = 1000)
     return torch.cat([model(x[s:s + batch_size]).argmax(1) for s in range(0, len(x), batch_size)]).numpy()
 
 
-def cached_classifier(mnist_root: str, cache_dir: Optional[str] = None) -> MnistClassifier:
+def cached_classifier(mnist_root: str, cache_dir: str | None = None) -> MnistClassifier:
     """Load the cached classifier, or train it on MNIST under ``mnist_root`` and cache it (safetensors)."""
     cache = Path(cache_dir).expanduser() if cache_dir else Path.home() / ".cache" / "glann"
     path = cache / "mnist_classifier.safetensors"
@@ -76,8 +76,6 @@ def cached_classifier(mnist_root: str, cache_dir: Optional[str] = None) -> Mnist
     if path.is_file():
         model.load_state_dict(artifacts.load_tensors(path))
         return model.eval()
-    import torchvision
-
     train = torchvision.datasets.MNIST(mnist_root, train=True, download=False)
     model = train_classifier(train.data.numpy()[:, None], train.targets.numpy())
     test = torchvision.datasets.MNIST(mnist_root, train=False, download=False)
@@ -102,13 +100,3 @@ def mode_stats(ids: np.ndarray) -> dict:
     nz = p > 0
     kl = float(np.sum(p[nz] * np.log(p[nz] * NUM_MODES)))
     return {"modes/covered": int(nz.sum()), "modes/kl_uniform": kl, "modes/num_samples": int(counts.sum())}
-
-
-def stacked_mnist(images: np.ndarray, labels: np.ndarray, num: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Stack three random MNIST digits per image as channels: uint8 (num, 3, 28, 28) and mode ids."""
-    rng = np.random.default_rng(seed)
-    pick = rng.integers(0, len(images), size=(num, 3))
-    stacked = np.concatenate([images[pick[:, c]] for c in range(3)], axis=1)
-    ids = 100 * labels[pick[:, 0]] + 10 * labels[pick[:, 1]] + labels[pick[:, 2]]
-    return stacked, ids.astype(np.int64)
-

@@ -13,22 +13,48 @@ from torch import nn
 
 
 @dataclass
-class GeneratorArch:
-    latent_dim: int = 64
-    image_size: int = 28
-    channels: int = 1
-    hidden_dim: int = 1024
-    base_channels: int = 64
+class GeneratorConfig:
+    """The generator's user-set widths (the ``glo.generator`` config group)."""
+
+    hidden_dim: int = 1024  # width of the first fully connected layer
+    base_channels: int = 64  # channels before the last transposed conv; doubled per earlier stage
     batch_norm: bool = True
 
 
 @dataclass
-class MapperArch:
+class GeneratorArch(GeneratorConfig):
+    """Everything that builds a :class:`Generator`: its config plus the shapes the data and latents fix.
+    Saved as ``config.json`` beside the weights."""
+
+    latent_dim: int = 64
+    image_size: int = 28
+    channels: int = 1
+
+    @classmethod
+    def of(cls, cfg: GeneratorConfig, latent_dim: int, image_shape: tuple[int, int, int]) -> GeneratorArch:
+        c, h, _ = image_shape
+        return cls(**asdict(cfg), latent_dim=latent_dim, image_size=h, channels=c)
+
+
+@dataclass
+class MapperConfig:
+    """The IMLE mapper's user-set shape (the ``imle.mapper`` config group)."""
+
+    hidden_dim: int = 256
+    num_layers: int = 3  # linear layers
+    project_to_sphere: bool = True  # map outputs onto the unit sphere, where GLO latents live
+
+
+@dataclass
+class MapperArch(MapperConfig):
+    """Everything that builds a :class:`Mapper`; saved as ``config.json`` beside the weights."""
+
     noise_dim: int = 32
     latent_dim: int = 64
-    hidden_dim: int = 256
-    num_layers: int = 3
-    project_to_sphere: bool = True
+
+    @classmethod
+    def of(cls, cfg: MapperConfig, noise_dim: int, latent_dim: int) -> MapperArch:
+        return cls(**asdict(cfg), noise_dim=noise_dim, latent_dim=latent_dim)
 
 
 def upsampling_plan(image_size: int) -> tuple[int, int]:
@@ -42,7 +68,7 @@ def upsampling_plan(image_size: int) -> tuple[int, int]:
             s, k = s // 2, k + 1
         if s == base and k >= 1:
             return base, k
-    raise ValueError(f"image_size {image_size} must be 4*2^k or 7*2^k with k >= 1")
+    raise ValueError(f"image_size {image_size} must be 4*2^k or 7*2^k with k >= 1 (e.g. 28, 32, 64, 128)")
 
 
 class Generator(nn.Module):
@@ -101,7 +127,7 @@ class Mapper(nn.Module):
 REGISTRY = {"Generator": (Generator, GeneratorArch), "Mapper": (Mapper, MapperArch)}
 
 
-def arch_dict(module: nn.Module) -> dict:
+def arch_dict(module: Generator | Mapper) -> dict:
     return {"class": type(module).__name__, "arch": asdict(module.arch)}
 
 

@@ -1,32 +1,167 @@
-"""The chain: data -> glo -> imle -> sampler. Each stage reads artifacts from disk and writes its own folder;
-a stage whose manifest matches its config hash is skipped, one with ``state/last.pt`` resumes.
+"""The chain: data -> glo -> imle -> sampler, as a loop over stages.
 
-With ``cache_dir`` set, GLO stages live in a content-addressed cache (``<cache>/glo-<hash>``) shared by
-every run with the same data, GLO/loss config and glann version; a file lock makes parallel sweep jobs train
-it once.
+Each stage reads its inputs from disk and writes its own folder. Its *digest* hashes everything that determines
+its result (its config groups, its input's digest, the seed): a stage whose manifest carries the same digest is
+skipped; one with ``state/last.pt`` resumes, if the checkpoint was written under the same settings (everything but
+the settings in ``resumable``, which only extend or re-log training).
+
+With ``cache_dir`` set, shareable stages (GLO) live in a content-addressed cache (``<cache>/glo-<digest>``) shared
+by every run with the same data, GLO/loss config and glann version; a file lock makes parallel sweep jobs train
+such a stage once.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
-import glann
-from glann import artifacts
+from glann import artifacts, version
 from glann.config import TrainConfig
-from glann.data import TORCHVISION_SETS, load_dataset
+from glann.data import TORCHVISION_SETS, ImageData, load_dataset
+from glann.errors import ArtifactError
+from glann.evaluate import evaluate
+from glann.files import config_hash, remove_stale_temps
 from glann.glo import load_glo, train_glo
+from glann.images import save_grid
 from glann.imle import train_imle
-from glann.runtime import NO_STOP, StopFlag, resolve_device, save_grid, seed_everything
+from glann.nets import Generator, Mapper
+from glann.runtime import NO_STOP, Preempted, StopFlag, resolve_device, seed_everything
 from glann.sampler import GlannSampler
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """What every stage of one pipeline run shares."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    data: ImageData
+    device: torch.device
+    stop: StopFlag
+    progress: bool
+    folders: dict[str, Path]  # finished or current stage folders, by stage name
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One trainable stage of the chain."""
+
+    name: str  # folder, config group, metric prefix
+    groups: tuple[str, ...]  # config groups that determine the result (the first is the stage's own)
+    input: str  # "data" or the upstream stage's name
+    resumable: frozenset[str]  # own-group settings a checkpoint may differ in (train longer, log differently)
+    shareable: bool  # may live in the content-addressed stage cache
+    train: Callable[[Run, Path, str], dict]  # (run, stage folder, resume key) -> metrics
+
+    def digest(self, cfg: TrainConfig, input_digest: str, shared: bool) -> str:
+        fields: dict[str, Any] = {g: asdict(getattr(cfg, g)) for g in self.groups}
+        fields[self.input] = input_digest
+        fields["seed"] = cfg.seed
+        if shared:  # a shared cache outlives upgrades: another glann release trains (and caches) its own stage
+            fields["glann"] = version.__version__
+        return config_hash(fields)
+
+    def resume_key(self, cfg: TrainConfig, input_digest: str) -> str:
+        own, *others = self.groups
+        fields = {k: v for k, v in asdict(getattr(cfg, own)).items() if k not in self.resumable}
+        fields.update({g: asdict(getattr(cfg, g)) for g in others})
+        return config_hash({"fields": fields, "inputs": (input_digest,), "seed": cfg.seed})
+
+
+def _train_glo(run: Run, folder: Path, resume_key: str) -> dict:
+    return train_glo(run.data, run.cfg.glo, run.cfg.loss, folder, run.device, run.cfg.seed, run.stop, run.progress,
+                     resume_key=resume_key)
+
+
+def _train_imle(run: Run, folder: Path, resume_key: str) -> dict:
+    generator, latents = load_glo(run.folders["glo"], run.device)
+    return train_imle(latents, run.cfg.imle, folder, run.device, run.cfg.seed, generator, run.stop, run.progress,
+                      resume_key=resume_key)
+
+
+STAGES = (
+    StageSpec("glo", ("glo", "loss"), "data", frozenset({"epochs", "grid_every", "checkpoint_every",
+                                                         "checkpoint_minutes"}), True, _train_glo),
+    StageSpec("imle", ("imle",), "glo", frozenset({"rounds", "grid_every", "knn_device"}), False, _train_imle),
+)
+
+
+def run(cfg: TrainConfig, run_dir: Path, stop: StopFlag = NO_STOP, progress: bool = True) -> dict:
+    """Run the pipeline in ``run_dir``: each stage in ``cfg.stages`` is trained, resumed or reused, then the sampler
+    is exported (``run_dir/sampler``, plus ``samples.png``) and, with ``cfg.eval.metrics``, evaluated.
+
+    Returns the metrics of every stage (``glo/*``, ``imle/*``, ``eval/*``) and ``sampler_dir``. Raises
+    :class:`~glann.runtime.Preempted` when ``stop`` is set (state saved; re-run to resume).
+    """
+    run_dir = Path(run_dir)
+    seed_everything(cfg.seed, cfg.deterministic)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    log.info("run folder %s, device %s", run_dir, device)
+    data = load_dataset(cfg.data, cfg.seed)
+    remove_stale_temps(run_dir, recursive=False)
+    for sub in ("sampler", "eval"):
+        remove_stale_temps(run_dir / sub)
+    ctx = Run(cfg, run_dir, data, device, stop, progress, folders={})
+    results: dict = {}
+    digests = {"data": data.fingerprint}
+    for spec in STAGES:
+        shared = spec.shareable and bool(cfg.cache_dir)
+        digest = digests[spec.name] = spec.digest(cfg, digests[spec.input], shared)
+        folder = ctx.folders[spec.name] = stage_folder(run_dir, spec.name, digest, cfg.cache_dir if shared else None)
+        if spec.name not in cfg.stages:
+            continue
+        with _acquire(FileLock(str(folder) + ".lock"), stop, folder) if shared else nullcontext():
+            remove_stale_temps(folder)
+            manifest = artifacts.completed(folder, digest)
+            if manifest:
+                log.info("%s: reusing finished stage %s (config hash %s)", spec.name, folder, digest)
+                results.update(_own(spec.name, manifest.get("metrics", {})))
+                continue
+            if spec.input != "data":
+                _require(ctx.folders[spec.input], digests[spec.input], spec.input)
+            t0 = time.time()
+            metrics = spec.train(ctx, folder, spec.resume_key(cfg, digests[spec.input]))
+            results.update(metrics)
+            inputs = ({"data": data.fingerprint, "data_name": data.name} if spec.input == "data" else
+                      {spec.input: str(ctx.folders[spec.input]), f"{spec.input}_hash": digests[spec.input]})
+            shape = {"num_images": len(data), "image_shape": list(data.shape)} if spec.input == "data" else {}
+            artifacts.write_manifest(folder, digest, inputs, **shape, seconds=round(time.time() - t0, 1),
+                                     metrics=_own(spec.name, metrics))
+
+    if "sampler" in cfg.stages:
+        for spec in STAGES:
+            _require(ctx.folders[spec.name], digests[spec.name], spec.name)
+        results.update(export_sampler(cfg, run_dir, ctx.folders, device))
+    return results
+
+
+def export_sampler(cfg: TrainConfig, run_dir: Path, folders: dict[str, Path], device: torch.device) -> dict:
+    """Write the self-contained ``run_dir/sampler`` folder and ``samples.png``; evaluate it if asked."""
+    sampler = GlannSampler(artifacts.load_network(folders["imle"] / "mapper", device, Mapper),
+                           artifacts.load_network(folders["glo"] / "generator", device, Generator))
+    sampler_dir = sampler.save_pretrained(run_dir / "sampler")
+    images = sampler(cfg.sampler.grid_size, seed=cfg.sampler.seed, batch_size=cfg.sampler.batch_size,
+                     output_type="tensor").images
+    grid = save_grid(images, run_dir / "samples.png")
+    log.info("sampler: wrote %s and %s", sampler_dir, grid)
+    results: dict = {"sampler_dir": str(sampler_dir)}
+    if cfg.eval.metrics:
+        reference = replace(cfg.data, split="test") if cfg.data.name in TORCHVISION_SETS else cfg.data
+        metrics = evaluate(sampler_dir, reference, cfg.eval, run_dir / "eval", train_cfg=cfg.data)
+        results.update({f"eval/{k}": v for k, v in metrics.items()})
+    return results
 
 
 def stage_folder(run_dir: Path, name: str, digest: str, cache_dir: str | None) -> Path:
@@ -44,97 +179,13 @@ def stage_folder(run_dir: Path, name: str, digest: str, cache_dir: str | None) -
     return shared
 
 
-def run(cfg: TrainConfig, run_dir: Path, stop: StopFlag = NO_STOP, progress: bool = True) -> dict:
-    run_dir = Path(run_dir)
-    seed_everything(cfg.seed, cfg.deterministic)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    device = resolve_device(cfg.device)
-    log.info("run folder %s, device %s", run_dir, device)
-    data = load_dataset(cfg.data, cfg.seed)
-    results: dict = {}
-    artifacts.remove_stale_temps(run_dir, recursive=False)
-    for sub in ("sampler", "eval"):
-        artifacts.remove_stale_temps(run_dir / sub)
-
-    glo_fields = {"glo": asdict(cfg.glo), "loss": asdict(cfg.loss), "data": data.fingerprint, "seed": cfg.seed}
-    if cfg.cache_dir:  # a shared cache outlives upgrades: another glann release trains (and caches) its own stage
-        glo_fields["glann"] = glann.__version__
-    glo_key = artifacts.config_hash(glo_fields)
-    glo_dir = stage_folder(run_dir, "glo", glo_key, cfg.cache_dir)
-    if "glo" in cfg.stages:
-        with _acquire(FileLock(str(glo_dir) + ".lock"), stop, glo_dir) if cfg.cache_dir else nullcontext():
-            artifacts.remove_stale_temps(glo_dir)
-            manifest = artifacts.completed(glo_dir, glo_key)
-            if manifest:
-                log.info("glo: reusing finished stage %s (config hash %s)", glo_dir, glo_key)
-                results.update(manifest.get("metrics", {}))
-            else:
-                t0 = time.time()
-                results.update(train_glo(data, cfg.glo, cfg.loss, glo_dir, device, cfg.seed, stop, progress,
-                                         resume_key=resume_key("glo", cfg, data.fingerprint)))
-                artifacts.write_manifest(glo_dir, glo_key, {"data": data.fingerprint, "data_name": data.name},
-                                         num_images=len(data), image_shape=list(data.shape),
-                                         seconds=round(time.time() - t0, 1), metrics=results)
-
-    imle_key = artifacts.config_hash({"imle": asdict(cfg.imle), "glo": glo_key, "seed": cfg.seed})
-    imle_dir = run_dir / "imle"
-    if "imle" in cfg.stages:
-        artifacts.remove_stale_temps(imle_dir)
-        manifest = artifacts.completed(imle_dir, imle_key)
-        if manifest:
-            log.info("imle: reusing finished stage %s (config hash %s)", imle_dir, imle_key)
-            results.update({k: v for k, v in manifest.get("metrics", {}).items() if k.startswith("imle/")})
-        else:
-            _require(glo_dir, glo_key, "glo")
-            generator, latents = load_glo(glo_dir, device)
-            t0 = time.time()
-            results.update(train_imle(latents, cfg.imle, imle_dir, device, cfg.seed, generator, stop, progress,
-                                      resume_key=resume_key("imle", cfg, glo_key)))
-            artifacts.write_manifest(imle_dir, imle_key, {"glo": str(glo_dir), "glo_hash": glo_key},
-                                     seconds=round(time.time() - t0, 1),
-                                     metrics={k: v for k, v in results.items() if k.startswith("imle/")})
-
-    if "sampler" in cfg.stages:
-        _require(glo_dir, glo_key, "glo")
-        _require(imle_dir, imle_key, "imle")
-        sampler = GlannSampler(artifacts.load_network(imle_dir / "mapper", device),
-                               artifacts.load_network(glo_dir / "generator", device))
-        sampler_dir = sampler.save_pretrained(run_dir / "sampler")
-        images = sampler(cfg.sampler.grid_size, seed=cfg.sampler.seed, batch_size=cfg.sampler.batch_size,
-                         output_type="tensor").images
-        grid = save_grid(images, run_dir / "samples.png")
-        log.info("sampler: wrote %s and %s", sampler_dir, grid)
-        results["sampler_dir"] = str(sampler_dir)
-        if cfg.eval.metrics:
-            from glann.evaluate import evaluate
-
-            reference = replace(cfg.data, split="test") if cfg.data.name in TORCHVISION_SETS else cfg.data
-            metrics = evaluate(sampler_dir, reference, cfg.eval, run_dir / "eval", train_cfg=cfg.data)
-            results.update({f"eval/{k}": v for k, v in metrics.items()})
-    return results
-
-
-# Settings that change what a stage computes but not the trajectory so far: a checkpoint written under other
-# values of these can be resumed (train for more epochs/rounds, log differently).
-_RESUMABLE_CHANGES = {"glo": {"epochs", "grid_every", "checkpoint_every", "checkpoint_minutes"},
-                      "imle": {"rounds", "grid_every", "knn_device"}}
-
-
-def resume_key(stage: str, cfg: TrainConfig, *inputs: str) -> str:
-    fields = {k: v for k, v in asdict(getattr(cfg, stage)).items() if k not in _RESUMABLE_CHANGES[stage]}
-    if stage == "glo":
-        fields["loss"] = asdict(cfg.loss)
-    return artifacts.config_hash({"fields": fields, "inputs": inputs, "seed": cfg.seed})
+def _own(name: str, metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k.startswith(f"{name}/")}
 
 
 @contextmanager
-def _acquire(lock: FileLock, stop: StopFlag, what: Path):
+def _acquire(lock: FileLock, stop: StopFlag, what: Path) -> Iterator[FileLock]:
     """Hold ``lock``; while another job trains the stage, wait (and say so), giving up on SIGTERM."""
-    from filelock import Timeout
-
-    from glann.runtime import Preempted
-
     waited = False
     while True:
         try:
@@ -153,9 +204,6 @@ def _acquire(lock: FileLock, stop: StopFlag, what: Path):
 
 
 def _require(stage_dir: Path, digest: str, name: str) -> None:
-    from glann.errors import ArtifactError
-
     if not artifacts.completed(stage_dir, digest):
         raise ArtifactError(f"{name} stage in {stage_dir} is missing or was trained with another config; "
                             f"add '{name}' to stages to (re)train it")
-

@@ -1,19 +1,18 @@
-"""Shared training plumbing: devices, seeding, RNG state capture, SIGTERM handling, stats, grids."""
+"""Shared training plumbing: devices, seeding, RNG state capture, SIGTERM handling, stats, lr schedule."""
 from __future__ import annotations
 
-import io
 import json
 import logging
 import random
 import signal
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, cast
 
 import numpy as np
 import torch
 
-from glann.artifacts import atomic_write
+from glann.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +30,13 @@ def adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, betas=betas)
 
 
+def step_decay(base_lr: float, decay: float, every: int, unit: int) -> float:
+    """The learning rate in epoch/round ``unit`` (0-based): ``base_lr`` times ``decay`` once per ``every`` units
+    (``every`` = 0: constant). With ``decay`` a power of two it equals ``torch.optim.lr_scheduler.StepLR`` bit for
+    bit."""
+    return base_lr * decay ** (unit // every) if every else base_lr
+
+
 class Preempted(Exception):
     """SIGTERM/SIGINT arrived; the stage saved its state and stopped. Re-run to resume."""
 
@@ -39,10 +45,10 @@ class StopFlag:
     """Turns SIGTERM (what SLURM sends on preemption) into a flag the training loops poll."""
 
     def __init__(self) -> None:
-        self.signum: Optional[int] = None
+        self.signum: int | None = None
         self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopFlag":
+    def __enter__(self) -> StopFlag:
         for sig in (signal.SIGTERM,):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -81,10 +87,11 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": {"key": np_state[0], "state": torch.from_numpy(np_state[1].astype(np.int64)),
-                       "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
+    np_state = cast(tuple, np.random.get_state())  # the legacy (tuple) form
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state(),
+                             "numpy": {"key": np_state[0], "state": torch.from_numpy(np_state[1].astype(np.int64)),
+                                       "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                                       "gauss": float(np_state[4])}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -128,16 +135,6 @@ class Stats:
         with open(self.path, "a") as f:
             f.write(json.dumps(row, default=float) + "\n")
             f.flush()
-
-
-def save_grid(images: torch.Tensor, path: Path, nrow: Optional[int] = None) -> Path:
-    """Save images in [0, 1] (N, C, H, W) as one PNG grid, atomically."""
-    from torchvision.utils import save_image
-
-    nrow = nrow or max(1, int(np.ceil(np.sqrt(len(images)))))
-    buf = io.BytesIO()
-    save_image(images.detach().float().cpu().clamp(0, 1), buf, nrow=nrow, padding=2, pad_value=1.0, format="png")
-    return atomic_write(Path(path), lambda p: p.write_bytes(buf.getvalue()))
 
 
 class CheckpointTimer:

@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import io
 import logging
-import tempfile
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
 from glann.cli import friendly_errors, run_app
 from glann.config import SampleConfig, validate_sample
 from glann.errors import ConfigError
+from glann.files import atomic_write, writable_problem
+from glann.images import save_grid, to_float
+from glann.runtime import resolve_device
+from glann.sampler import GlannSampler
 
 log = logging.getLogger("glann")
 
@@ -28,14 +33,10 @@ NPZ_KEY = "images"
 
 def write_samples(images: np.ndarray, output: Path) -> Path:
     """uint8 (N, H, W, C) -> ``output`` (.npz, key "images") or a folder of numbered PNGs."""
-    from PIL import Image
-
-    from glann.artifacts import atomic_write
-
     output = Path(output)
     if output.suffix == ".npz":
         buf = io.BytesIO()
-        np.savez_compressed(buf, **{NPZ_KEY: images})
+        np.savez_compressed(buf, **{NPZ_KEY: images})  # type: ignore[arg-type]  # numpy's stub: **kwds as bool
         return atomic_write(output, lambda p: p.write_bytes(buf.getvalue()))
     output.mkdir(parents=True, exist_ok=True)
     width = max(6, len(str(len(images) - 1)))
@@ -46,26 +47,15 @@ def write_samples(images: np.ndarray, output: Path) -> Path:
 
 def check_writable(output: Path) -> None:
     """Fail before sampling when ``output`` cannot be written (a file in the way, read-only place)."""
-    folder = output.parent if output.suffix == ".npz" else output
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ConfigError(f"output={output}: {probe} is not a directory")
-    try:
-        tempfile.TemporaryFile(dir=probe).close()
-    except OSError as e:
-        raise ConfigError(f"output={output}: cannot write to {probe} ({e.strerror})") from None
+    problem = writable_problem(output.parent if output.suffix == ".npz" else output)
+    if problem:
+        raise ConfigError(f"output={output}: {problem}")
 
 
 @friendly_errors
 def sample(cfg: DictConfig) -> str:
-    conf: SampleConfig = validate_sample(OmegaConf.to_object(cfg))
-    import torch
-
-    from glann.runtime import resolve_device, save_grid
-    from glann.sampler import GlannSampler
-
+    conf = validate_sample(cast(SampleConfig, OmegaConf.to_object(cfg)))
+    assert conf.sampler_dir is not None  # validate_sample requires it
     output = Path(conf.output) if conf.output else Path(HydraConfig.get().runtime.output_dir) / "samples.npz"
     check_writable(output)
     sampler = GlannSampler.from_pretrained(conf.sampler_dir, device=resolve_device(conf.device))
@@ -74,7 +64,7 @@ def sample(cfg: DictConfig) -> str:
     path = write_samples(images, output)
     log.info("wrote %d images %s to %s", len(images), images.shape[1:], path)
     if conf.grid:
-        grid = torch.from_numpy(images[:100]).permute(0, 3, 1, 2).float() / 255.0
+        grid = to_float(images[:100])
         stem = output.with_suffix("") if output.suffix == ".npz" else output
         log.info("grid: %s", save_grid(grid, stem.parent / f"{stem.name}_grid.png"))
     return str(path)

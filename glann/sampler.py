@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
+from PIL import Image
+from tqdm import tqdm
 
-import glann
 from glann import artifacts
 from glann.errors import ArtifactError
+from glann.files import read_json, write_json
+from glann.images import to_uint8
+from glann.nets import Generator, Mapper
+from glann.version import __version__
 
 COMPONENTS = ("mapper", "generator")
 
@@ -29,7 +32,7 @@ class SamplerOutput:
 
 
 class GlannSampler:
-    def __init__(self, mapper: nn.Module, generator: nn.Module):
+    def __init__(self, mapper: Mapper, generator: Generator):
         if mapper.arch.latent_dim != generator.arch.latent_dim:
             raise ArtifactError(f"mapper outputs {mapper.arch.latent_dim}-d latents but the generator takes "
                                 f"{generator.arch.latent_dim}-d ones")
@@ -53,7 +56,7 @@ class GlannSampler:
     def dtype(self) -> torch.dtype:
         return next(self.generator.parameters()).dtype
 
-    def to(self, device: Any = None, dtype: Optional[torch.dtype] = None) -> "GlannSampler":
+    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> GlannSampler:
         self.mapper.to(device=device, dtype=dtype)
         self.generator.to(device=device, dtype=dtype)
         return self
@@ -62,31 +65,31 @@ class GlannSampler:
         folder = Path(folder)
         for name in COMPONENTS:
             artifacts.save_network(folder / name, getattr(self, name))
-        artifacts.write_json(folder / "sampler.json", {
+        write_json(folder / "sampler.json", {
             "components": {name: type(getattr(self, name)).__name__ for name in COMPONENTS},
             "noise_dim": self.noise_dim, "image_shape": list(self.image_shape), "value_range": [0, 1],
-            "glann_version": glann.__version__})
+            "glann_version": __version__})
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: Any = "cpu") -> "GlannSampler":
+    def from_pretrained(cls, folder: str | Path, device: Any = "cpu") -> GlannSampler:
         folder = Path(folder)
         if not folder.is_dir():
             raise ArtifactError(f"sampler directory {folder} does not exist")
-        meta = artifacts.read_json(folder / "sampler.json")
+        meta = read_json(folder / "sampler.json")
         missing = [n for n in COMPONENTS if not (folder / n / "config.json").is_file()
                    or not (folder / n / "model.safetensors").is_file()]
         if missing:
             raise ArtifactError(f"sampler directory {folder} is incomplete: missing component(s) {missing} "
                                 "(each needs config.json and model.safetensors)")
-        parts = {name: artifacts.load_network(folder / name, device) for name in COMPONENTS}
-        sampler = cls(**parts)
+        sampler = cls(artifacts.load_network(folder / "mapper", device, Mapper),
+                      artifacts.load_network(folder / "generator", device, Generator))
         if meta.get("noise_dim") not in (None, sampler.noise_dim):
             raise ArtifactError(f"{folder / 'sampler.json'} says noise_dim={meta['noise_dim']} but the mapper "
                                 f"takes {sampler.noise_dim}")
         return sampler
 
-    def noise(self, num_samples: int, seed: Optional[int] = 0, generator: Optional[torch.Generator] = None):
+    def noise(self, num_samples: int, seed: int | None = 0, generator: torch.Generator | None = None):
         """All noise is drawn up front on the CPU, so a seed gives the same images at any batch size."""
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
@@ -99,16 +102,20 @@ class GlannSampler:
                           for s in range(0, len(latents), batch_size)])
 
     @torch.no_grad()
-    def __call__(self, num_samples: int, seed: Optional[int] = 0, generator: Optional[torch.Generator] = None,
+    def __call__(self, num_samples: int, seed: int | None = 0, generator: torch.Generator | None = None,
                  batch_size: int = 500, output_type: str = "np", progress: bool = False) -> SamplerOutput:
+        """Draw ``num_samples`` images: Gaussian noise -> mapper -> generator.
+
+        ``seed`` (or an explicit CPU ``generator``) fixes the noise, which is drawn up front, so the same seed gives
+        the same images at any ``batch_size``. ``output_type``: ``"np"`` uint8 (N, H, W, C), ``"tensor"`` float
+        (N, C, H, W) in [0, 1] on the CPU, ``"pil"`` a list of PIL images.
+        """
         if num_samples <= 0:
             raise ValueError(f"num_samples must be positive, got {num_samples}")
         if output_type not in ("np", "tensor", "pil"):
             raise ValueError(f"output_type must be 'np', 'tensor' or 'pil', got {output_type!r}")
         noise = self.noise(num_samples, seed, generator)
         chunks = []
-        from tqdm import tqdm
-
         for s in tqdm(range(0, num_samples, batch_size), desc="sample", unit="batch", disable=not progress):
             z = self.mapper(noise[s:s + batch_size].to(self.device, self.dtype))
             chunks.append(self.generator(z).float().cpu())
@@ -118,11 +125,5 @@ class GlannSampler:
         arr = to_uint8(images)
         if output_type == "np":
             return SamplerOutput(arr)
-        from PIL import Image
-
         return SamplerOutput([Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr])
 
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """Float (N, C, H, W) in [0, 1] -> uint8 (N, H, W, C)."""
-    return images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()

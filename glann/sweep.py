@@ -13,10 +13,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.experimental.callback import Callback
 
-from glann.artifacts import atomic_write
 from glann.errors import ArtifactError
+from glann.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,6 @@ SORT_KEYS = ("eval/fid", "fid", "imle/nn_dist")
 
 
 def _job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
-    import yaml
-
     rows = []
     for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and (p / ".hydra").is_dir()),
                       key=lambda p: (len(p.name), p.name)):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from glann.artifacts import load_network
 from glann.config import IMLEConfig, MapperConfig
 from glann.imle import map_noise, train_imle
 from glann.nets import Mapper
@@ -61,8 +62,6 @@ def run_toy(kind: str = "ring", n: int = 2000, rounds: int = 30, seed: int = 0, 
                      rounds=rounds, epochs_per_round=5, samples_per_latent=4, batch_size=128, lr=1e-3, grid_every=0)
     with tempfile.TemporaryDirectory() as tmp:
         train_imle(data, cfg, Path(tmp), torch.device("cpu"), seed=seed, progress=False)
-        from glann.artifacts import load_network
-
-        mapper: Mapper = load_network(Path(tmp) / "mapper")
+        mapper = load_network(Path(tmp) / "mapper", kind=Mapper)
     noise = torch.randn(num_samples, cfg.noise_dim, generator=torch.Generator().manual_seed(seed + 1))
     return mode_metrics(map_noise(mapper, noise, torch.device("cpu")), kind, data=data)

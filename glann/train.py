@@ -10,33 +10,32 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import cast
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from glann import artifacts
+from glann import pipeline
 from glann.cli import friendly_errors, run_app
 from glann.config import TrainConfig, validate
+from glann.files import write_json
+from glann.runtime import Preempted, StopFlag
 
 log = logging.getLogger("glann")
 
 
 @friendly_errors
 def train(cfg: DictConfig) -> dict:
-    conf: TrainConfig = validate(OmegaConf.to_object(cfg))
+    conf = validate(cast(TrainConfig, OmegaConf.to_object(cfg)))
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    from glann import pipeline
-    from glann.runtime import Preempted, StopFlag
-
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     with StopFlag() as stop, logging_redirect_tqdm():
         try:
             results = pipeline.run(conf, run_dir, stop)
         except Preempted as e:
             log.warning("%s. Re-run the same command (or resume_dir=%s) to continue.", e, run_dir)
             sys.exit(143)
-    artifacts.write_json(run_dir / "results.json", results)
+    write_json(run_dir / "results.json", results)
     log.info("done: %s", json.dumps(results, default=str))
     return results
 

@@ -1,7 +1,6 @@
 """The apps as a user runs them: exit codes, one-line errors, run folders, sampling, sweeps."""
 import numpy as np
 import pytest
-
 from conftest import run_cli
 
 
@@ -87,7 +86,8 @@ def test_two_job_multirun(tmp_path):
 def test_eval_errors(tmp_path):
     res = run_cli("eval_app", f"hydra.run.dir={tmp_path}")
     assert res.returncode != 0 and "sampler_dir" in res.stderr and "Traceback" not in res.stderr
-    res = run_cli("eval_app", f"sampler_dir={tmp_path}", "eval.metrics=[fid,inception_score]", f"hydra.run.dir={tmp_path}")
+    res = run_cli("eval_app", f"sampler_dir={tmp_path}", "eval.metrics=[fid,inception_score]",
+                  f"hydra.run.dir={tmp_path}")
     assert res.returncode != 0 and "unknown metric" in res.stderr and "Traceback" not in res.stderr
 
 

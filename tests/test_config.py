@@ -1,12 +1,10 @@
 from pathlib import Path
 
 import pytest
+from conftest import compose_train
 
 from glann.cli import config_dir
-from glann.config import validate
 from glann.errors import ConfigError
-
-from conftest import compose_train
 
 CONF = Path(config_dir())
 

@@ -1,19 +1,17 @@
 """Metrics against closed forms and known answers; glann-eval end to end on a tiny run; sweep tables."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, compose_train
 
 from glann import pipeline
-from glann.config import DataConfig, EvalOptions
+from glann.config import DataConfig, EvalOptions, check_eval_options
 from glann.errors import ArtifactError, ConfigError
-from glann.evaluate import check_options, evaluate, gaussian_latents
+from glann.evaluate import evaluate, gaussian_latents
 from glann.metrics import fid_from_features, frechet_distance, kid, precision_recall
 from glann.sweep import build_table
-
-from conftest import REPO, compose_train
 
 WEIGHTS = REPO.parent / "shared" / "models" / "inception-2015-12-05-fid-weights-no-classifier.pth"
 needs_weights = pytest.mark.skipif(not WEIGHTS.is_file(), reason="FID Inception weights not in ../shared/models")
@@ -70,7 +68,7 @@ def test_glo_gaussian_baseline_stays_on_the_sphere_of_glo_latents():
 ])
 def test_bad_eval_options(opts, match):
     with pytest.raises(ConfigError, match=match):
-        check_options(opts)
+        check_eval_options(opts)
 
 
 @needs_weights

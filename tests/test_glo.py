@@ -56,7 +56,8 @@ def test_glo_loss_falls_and_artifacts_are_written(tmp_path):
     assert z.shape == (64, 8) and torch.allclose(z.norm(dim=1), torch.ones(64), atol=1e-5)
     assert not gen.training
     assert (tmp_path / "state" / "last.pt").is_file()
-    assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == ["recon_0005.png", "recon_0010.png", "recon_0015.png"]
+    grids = ["recon_0005.png", "recon_0010.png", "recon_0015.png"]
+    assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == grids
     # The exported generator (eval mode, BatchNorm statistics recalibrated on all latents) reconstructs as
     # well as the training-mode network does.
     x = data.batch(torch.arange(64))

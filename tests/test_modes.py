@@ -2,11 +2,10 @@ import math
 
 import numpy as np
 import pytest
-import torch
-
-from glann.modes import MnistClassifier, accuracy, mode_ids, mode_stats, stacked_mnist, train_classifier
-
 from conftest import SHARED_DATA
+
+from glann.data import stacked_mnist
+from glann.modes import accuracy, mode_ids, mode_stats, train_classifier
 
 
 def test_mode_stats_from_known_labels():

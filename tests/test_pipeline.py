@@ -1,16 +1,14 @@
 import json
 import shutil
 
-import pytest
-
 import numpy as np
+import pytest
 import torch
+from conftest import compose_train
 
 from glann import pipeline
 from glann.errors import ArtifactError
 from glann.sampler import GlannSampler
-
-from conftest import compose_train
 
 
 def test_whole_pipeline_on_tiny_config(tiny_cfg, tmp_path):
@@ -63,7 +61,7 @@ def test_glo_resumes_from_its_checkpoint(tmp_path):
 
 def test_shared_glo_cache_is_per_glann_version(tmp_path, monkeypatch, caplog):
     """A cached GLO stage is reused by runs of the same release; another release trains its own."""
-    import glann
+    from glann import version
 
     cache = tmp_path / "cache"
     cfg = compose_train("debug=tiny", "stages=[glo]", f"cache_dir={cache}")
@@ -73,7 +71,7 @@ def test_shared_glo_cache_is_per_glann_version(tmp_path, monkeypatch, caplog):
     assert "glo: reusing finished stage" in caplog.text
     assert (tmp_path / "a" / "glo").resolve() == (tmp_path / "b" / "glo").resolve()
     caplog.clear()
-    monkeypatch.setattr(glann, "__version__", glann.__version__ + ".post1")
+    monkeypatch.setattr(version, "__version__", version.__version__ + ".post1")
     with caplog.at_level("INFO"):
         pipeline.run(cfg, tmp_path / "c", progress=False)
     assert "glo: reusing" not in caplog.text

@@ -9,13 +9,12 @@ import time
 
 import pytest
 import torch
+from conftest import REPO, compose_train, run_cli
 from safetensors.torch import load_file
 
 from glann import artifacts, glo, pipeline
 from glann.errors import ArtifactError, TrainingError
 from glann.runtime import Preempted, StopFlag
-
-from conftest import REPO, compose_train, run_cli
 
 
 def test_atomic_write_keeps_the_old_file_when_the_disk_fills(tmp_path):

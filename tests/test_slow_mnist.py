@@ -3,6 +3,7 @@ its training digits and sample digit-like images close to held-out test digits."
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA, compose_train
 
 from glann import pipeline
 from glann.config import DataConfig
@@ -10,8 +11,6 @@ from glann.data import load_dataset
 from glann.glo import load_glo
 from glann.knn import nearest_neighbors
 from glann.sampler import GlannSampler
-
-from conftest import SHARED_DATA, compose_train
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(), reason="MNIST not in ../shared/data")]

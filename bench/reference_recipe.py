@@ -2,9 +2,9 @@
 
     python bench/reference_recipe.py --root ../shared/data --glo-minutes 19.3 --imle-minutes 6.7 \
         --out outputs/reference_recipe
-    python bench/fid.py --images outputs/reference_recipe/samples.npz \
-        --stats ../shared/models/mnist_test_inception_stats.npz \
-        --weights ../shared/models/inception-2015-12-05-fid-weights-no-classifier.pth
+    glann-eval images=outputs/reference_recipe/samples.npz data=mnist data.root=../shared/data eval.metrics=[fid] \
+        eval.fid_stats=../shared/models/mnist_test_inception_stats.npz \
+        eval.inception_weights=../shared/models/inception-2015-12-05-fid-weights-no-classifier.pth
 
 The authors' code (github.com/yedidh/glann, configs/mnist.yaml) cannot run here as published: it calls
 ``.cuda()`` throughout and its loss downloads ImageNet VGG16 weights. This script trains the same recipe,

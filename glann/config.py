@@ -132,6 +132,7 @@ class SampleConfig:
 @dataclass
 class EvalConfig:
     sampler_dir: str | None = None  # a trained sampler folder to evaluate
+    images: str | None = None  # or: saved samples (.npz, uint8 (N, H, W, C) under "images") to score
     sweep_dir: str | None = None  # or: a multirun folder to tabulate
     data: DataConfig = field(default_factory=DataConfig)  # reference split (FID/KID/PR, memorisation "test")
     train_data: DataConfig = field(default_factory=DataConfig)  # training split (memorisation)

@@ -18,6 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from glann.cli import friendly_errors, run_app
 from glann.config import EvalConfig
 from glann.errors import ConfigError
+from glann.evaluate import evaluate, format_table
+from glann.images import read_npz
+from glann.sweep import build_table
 
 log = logging.getLogger("glann")
 
@@ -26,17 +29,15 @@ log = logging.getLogger("glann")
 def run_eval(cfg: DictConfig) -> dict:
     conf = cast(EvalConfig, OmegaConf.to_object(cfg))
     if conf.sweep_dir:
-        from glann.sweep import build_table
-
         table = build_table(conf.sweep_dir)
         print(table.read_text())
         return {"sweep_table": str(table)}
-    if not conf.sampler_dir:
-        raise ConfigError("give sampler_dir=<run>/sampler (or sweep_dir=<multirun folder>)")
-    from glann.evaluate import evaluate, format_table
-
+    if not conf.sampler_dir and not conf.images:
+        raise ConfigError("give sampler_dir=<run>/sampler, images=<samples.npz> or sweep_dir=<multirun folder>")
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    results = evaluate(Path(conf.sampler_dir), conf.data, conf.eval, out_dir, conf.train_data)
+    images = read_npz(Path(conf.images)) if conf.images else None
+    sampler_dir = Path(conf.sampler_dir) if conf.sampler_dir else None
+    results = evaluate(sampler_dir, conf.data, conf.eval, out_dir, conf.train_data, images=images)
     print(format_table(results))
     log.info("metrics: %s", out_dir / "metrics.json")
     return results

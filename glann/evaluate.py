@@ -110,20 +110,38 @@ def memorization(samples: np.ndarray, train: ImageData, test: ImageData, out_dir
             "memorization/figure": str(figure)}
 
 
-def evaluate(sampler_dir: Path, data_cfg: DataConfig, opts: EvalOptions, out_dir: Path,
-             train_cfg: DataConfig | None = None) -> dict:
-    """Compute ``opts.metrics`` for the sampler at ``sampler_dir`` against ``data_cfg`` (the reference split).
+def evaluate(sampler_dir: Path | None, data_cfg: DataConfig, opts: EvalOptions, out_dir: Path,
+             train_cfg: DataConfig | None = None, images: np.ndarray | None = None) -> dict:
+    """Compute ``opts.metrics`` for the sampler at ``sampler_dir`` (or for saved ``images``, uint8 (N, H, W, C))
+    against ``data_cfg``, the reference split; writes ``metrics.json`` and figures into ``out_dir``.
 
-    ``train_cfg`` is the training split, needed by ``memorization``."""
+    ``opts.num_samples`` samples are drawn with ``opts.seed`` (or the first ``num_samples`` of ``images`` are used).
+    ``train_cfg`` is the training split, needed by ``memorization``. ``recon_fid`` and ``glo_gaussian`` need a
+    sampler folder inside a run (they read the run's GLO stage). Returns the metrics as a flat dict.
+    """
     check_eval_options(opts)
-    sampler_dir, out_dir = Path(sampler_dir), Path(out_dir)
-    _sampler_dir_check(sampler_dir)
+    out_dir = Path(out_dir)
     device = resolve_device(opts.device)
-    sampler = GlannSampler.from_pretrained(sampler_dir, device=device)
+    sampler = None
+    if images is None:
+        if sampler_dir is None:
+            raise ConfigError("give sampler_dir=<run>/sampler or images=<samples.npz>")
+        sampler_dir = Path(sampler_dir)
+        _sampler_dir_check(sampler_dir)
+        sampler = GlannSampler.from_pretrained(sampler_dir, device=device)
+        shape = sampler.image_shape
+    else:
+        needs_run = [m for m in opts.metrics if m in ("recon_fid", "glo_gaussian")]
+        if needs_run:
+            raise ConfigError(f"{needs_run} need a trained sampler_dir, not saved images")
+        if len(images) < opts.num_samples:
+            raise ConfigError(f"images holds {len(images)} samples, fewer than eval.num_samples={opts.num_samples}")
+        h, w, c = images.shape[1:]
+        shape = (c, h, w)
     reference = load_dataset(data_cfg, opts.seed)
-    if reference.shape != sampler.image_shape:
-        raise ConfigError(f"data {data_cfg.name} has images of shape {reference.shape}, the sampler makes "
-                          f"{sampler.image_shape}; set data.image_size/data.channels to match")
+    if reference.shape != shape:
+        raise ConfigError(f"data {data_cfg.name} has images of shape {reference.shape}, the samples have {shape}; "
+                          "set data.image_size/data.channels to match")
     train = None
     if "memorization" in opts.metrics:  # checked before any expensive work
         if train_cfg is None:
@@ -133,7 +151,11 @@ def evaluate(sampler_dir: Path, data_cfg: DataConfig, opts: EvalOptions, out_dir
             raise ConfigError("memorization compares samples with held-out images, but the reference data is the "
                               "training set itself; use a dataset with a test split (e.g. data=mnist)")
     results: dict = {"num_samples": opts.num_samples}
-    samples = sampler(opts.num_samples, seed=opts.seed, batch_size=500, progress=opts.progress).images
+    if sampler is not None:
+        samples = sampler(opts.num_samples, seed=opts.seed, batch_size=500, progress=opts.progress).images
+    else:
+        assert images is not None
+        samples = np.ascontiguousarray(images[:opts.num_samples])
     save_grid(to_float(samples[:100]), out_dir / "samples.png")
     needs_inception = [m for m in opts.metrics if m not in NO_INCEPTION]
     if needs_inception:
@@ -159,7 +181,8 @@ def evaluate(sampler_dir: Path, data_cfg: DataConfig, opts: EvalOptions, out_dir
         if "pr" in opts.metrics:
             assert fake is not None and real is not None
             results["precision"], results["recall"] = precision_recall(real, fake, k=3)
-        if "recon_fid" in opts.metrics or "glo_gaussian" in opts.metrics:
+        if sampler is not None and sampler_dir is not None and ("recon_fid" in opts.metrics
+                                                                or "glo_gaussian" in opts.metrics):
             glo_dir = glo_stage_of(sampler_dir)
             latents = artifacts.load_tensors(glo_dir / "latents.safetensors")["latents"]
             if "recon_fid" in opts.metrics:
@@ -173,8 +196,8 @@ def evaluate(sampler_dir: Path, data_cfg: DataConfig, opts: EvalOptions, out_dir
     if train is not None:
         results.update(memorization(samples.transpose(0, 3, 1, 2), train, reference, out_dir))
     if "modes" in opts.metrics:
-        if sampler.image_shape != (3, 28, 28):
-            raise ConfigError(f"modes needs a stacked-MNIST sampler (3x28x28 images), not {sampler.image_shape}")
+        if shape != (3, 28, 28):
+            raise ConfigError(f"modes needs stacked-MNIST samples (3x28x28 images), not {shape}")
         root = (train_cfg or data_cfg).root or "data"
         classifier = cached_classifier(root, opts.cache_dir)
         results.update(mode_stats(mode_ids(samples.transpose(0, 3, 1, 2), lambda x: predict_digits(classifier, x))))

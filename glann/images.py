@@ -12,7 +12,10 @@ import numpy as np
 import torch
 from torchvision.utils import save_image
 
+from glann.errors import DataError
 from glann.files import atomic_write
+
+NPZ_KEY = "images"  # the array name in every .npz of images glann reads or writes
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -35,3 +38,21 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> Path
     buf = io.BytesIO()
     save_image(images.detach().float().cpu().clamp(0, 1), buf, nrow=nrow, padding=2, pad_value=1.0, format="png")
     return atomic_write(Path(path), lambda p: p.write_bytes(buf.getvalue()))
+
+
+def read_npz(path: Path) -> np.ndarray:
+    """The uint8 (N, H, W, C) array stored under ``images`` in an ``.npz`` file (as ``glann-sample`` writes it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        with np.load(path) as z:
+            if NPZ_KEY not in z:
+                raise DataError(f"{path} has no '{NPZ_KEY}' array (found: {', '.join(z.files) or 'none'})")
+            images = z[NPZ_KEY]
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path} is not a readable .npz file ({e})") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise DataError(f"{path}: '{NPZ_KEY}' must be uint8 (N, H, W, C) with C = 1 or 3, got {images.dtype} "
+                        f"{tuple(images.shape)}")
+    return images

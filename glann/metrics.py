@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy import linalg
+from tqdm import tqdm
 
 from glann.config import WEIGHTS_ENV, resolve_weights
 from glann.errors import ConfigError
@@ -20,6 +21,7 @@ class InceptionFeatures:
     """uint8 images (N, H, W, C) or (N, C, H, W), 1 or 3 channels -> float64 (N, 2048) pool3 features."""
 
     def __init__(self, weights: str | None = None, device: str | torch.device = "cpu", batch_size: int = 50):
+        # Imported here: torch-fidelity takes ~1 s to import and only metric runs need it.
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
         weights = resolve_weights(weights)
@@ -37,8 +39,6 @@ class InceptionFeatures:
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray, progress: bool = True, desc: str = "inception") -> np.ndarray:
-        from tqdm import tqdm
-
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"expected uint8 images of rank 4, got {images.dtype} {images.shape}")

@@ -22,14 +22,11 @@ from glann.cli import friendly_errors, run_app
 from glann.config import SampleConfig, validate_sample
 from glann.errors import ConfigError
 from glann.files import atomic_write, writable_problem
-from glann.images import save_grid, to_float
+from glann.images import NPZ_KEY, save_grid, to_float
 from glann.runtime import resolve_device
 from glann.sampler import GlannSampler
 
 log = logging.getLogger("glann")
-
-NPZ_KEY = "images"
-
 
 def write_samples(images: np.ndarray, output: Path) -> Path:
     """uint8 (N, H, W, C) -> ``output`` (.npz, key "images") or a folder of numbered PNGs."""

@@ -1,5 +1,6 @@
 """Metrics against closed forms and known answers; glann-eval end to end on a tiny run; sweep tables."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,9 +9,11 @@ from conftest import REPO, compose_train
 
 from glann import pipeline
 from glann.config import DataConfig, EvalOptions, check_eval_options
-from glann.errors import ArtifactError, ConfigError
+from glann.errors import ArtifactError, ConfigError, DataError
 from glann.evaluate import evaluate, gaussian_latents
+from glann.images import read_npz
 from glann.metrics import fid_from_features, frechet_distance, kid, precision_recall
+from glann.sampler import GlannSampler
 from glann.sweep import build_table
 
 WEIGHTS = REPO.parent / "shared" / "models" / "inception-2015-12-05-fid-weights-no-classifier.pth"
@@ -91,6 +94,28 @@ def test_evaluate_a_tiny_run_end_to_end(tmp_path):
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1  # reference features cached for next time
     with pytest.raises(ArtifactError, match="not a sampler directory"):
         evaluate(run / "glo", data, opts, tmp_path / "eval2")
+    # Saved samples (glann-eval images=...) score exactly as the sampler that drew them.
+    np.savez(tmp_path / "samples.npz", images=GlannSampler.from_pretrained(run / "sampler")(24, seed=opts.seed).images)
+    sample_opts = replace(opts, metrics=["fid", "kid", "pr"])
+    saved = evaluate(None, held_out, sample_opts, tmp_path / "eval3", images=read_npz(tmp_path / "samples.npz"))
+    assert saved["fid"] == pytest.approx(results["fid"]) and saved["precision"] == results["precision"]
+    with pytest.raises(ConfigError, match="need a trained sampler_dir"):
+        evaluate(None, held_out, opts, tmp_path / "eval4", images=read_npz(tmp_path / "samples.npz"))
+
+
+def test_read_npz_refuses_what_is_not_an_image_array(tmp_path):
+    np.savez(tmp_path / "other.npz", pixels=np.zeros((2, 8, 8, 1), np.uint8))
+    with pytest.raises(DataError, match="no 'images' array.*pixels"):
+        read_npz(tmp_path / "other.npz")
+    np.savez(tmp_path / "float.npz", images=np.zeros((2, 8, 8, 1), np.float32))
+    with pytest.raises(DataError, match="must be uint8"):
+        read_npz(tmp_path / "float.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="not a readable"):
+        read_npz(tmp_path / "junk.npz")
+    images = np.arange(2 * 8 * 8 * 3, dtype=np.uint8).reshape(2, 8, 8, 3)
+    np.savez(tmp_path / "ok.npz", images=images)
+    assert np.array_equal(read_npz(tmp_path / "ok.npz"), images)
 
 
 def test_sweep_table_sorted_by_fid(tmp_path):

@@ -87,6 +87,10 @@ class IMLEConfig:
     beta2: float = 0.999
     knn_device: str = "auto"  # auto | cpu | cuda
     grid_every: int = 1  # rounds between sample grids (0: never)
+    matching: str = "nearest"  # nearest | rejection (RS-IMLE) | adaptive (Adaptive IMLE); glann/matching.py
+    rejection_eps: Optional[float] = None  # rejection: drop samples closer than this to any data latent (required)
+    adaptive_gamma: float = 0.04  # adaptive: a re-matched point's radius becomes (1 - gamma) * its distance
+    adaptive_resample_every: int = 10  # adaptive: re-match a point at the latest this many rounds after its match
 
 
 @dataclass
@@ -108,6 +112,7 @@ class EvalOptions:
     cache_dir: Optional[str] = None  # reference features cache; None: ~/.cache/glann/inception
     device: str = "auto"
     progress: bool = True
+    temperature: float = 1.0  # noise scale when sampling (< 1: less diverse, sharper; 1: the trained prior)
 
 
 @dataclass
@@ -137,6 +142,7 @@ class SampleConfig:
     output: Optional[str] = None  # *.npz file or a folder of PNGs; default samples.npz in the run dir
     grid: bool = True  # also write a grid PNG next to the output
     device: str = "auto"
+    temperature: float = 1.0  # noise scale (< 1: less diverse, sharper; 1: the trained prior)
 
 
 @dataclass
@@ -170,6 +176,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"imle.lr_decay_every must be >= 0 (0: constant lr), got {cfg.imle.lr_decay_every}")
     if not 0.0 < cfg.imle.lr_decay <= 1.0:
         raise ConfigError(f"imle.lr_decay must be in (0, 1], got {cfg.imle.lr_decay}")
+    from glann.matching import validate_config as validate_matching
+
+    validate_matching(cfg.imle)
     _positive(cfg.sampler, "sampler.", ["grid_size", "batch_size"])
     _positive(cfg.loss, "loss.", ["lap_levels"])
     for key, value in (("glo.beta1", cfg.glo.beta1), ("glo.beta2", cfg.glo.beta2),
@@ -209,7 +218,17 @@ def validate_sample(cfg: SampleConfig) -> SampleConfig:
     if not cfg.sampler_dir:
         raise ConfigError("sampler_dir is required: glann-sample sampler_dir=outputs/<run>/<time>/sampler")
     _positive(cfg, "", ["num_samples", "batch_size"])
+    check_temperature(cfg.temperature, "temperature")
     return cfg
+
+
+def check_temperature(value: Any, key: str) -> float:
+    """A sampling temperature (noise scale) must be a finite number > 0; the error names ``key``."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{key} must be a finite number > 0 (1: the trained noise scale), got {value}")
+    return float(value)
 
 
 def _generator_size_ok(size: int) -> bool:

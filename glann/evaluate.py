@@ -37,6 +37,9 @@ def check_options(opts: EvalOptions) -> None:
             raise ConfigError(f"num_samples={opts.num_samples} is too small for {m} (needs >= {MIN_SAMPLES[m]})")
     if opts.num_samples <= 0 or opts.num_real <= 0:
         raise ConfigError("num_samples and num_real must be positive")
+    from glann.config import check_temperature
+
+    check_temperature(opts.temperature, "eval.temperature")
     if opts.fid_stats and not Path(opts.fid_stats).expanduser().is_file():
         raise ConfigError(f"eval.fid_stats={opts.fid_stats}: no such file")
     if any(m not in ("memorization", "modes") for m in opts.metrics):
@@ -157,7 +160,10 @@ def evaluate(sampler_dir: Path, data_cfg: DataConfig, opts: EvalOptions, out_dir
             raise ConfigError("memorization compares samples with held-out images, but the reference data is the "
                               "training set itself; use a dataset with a test split (e.g. data=mnist)")
     results: dict = {"num_samples": opts.num_samples}
-    samples = sampler(opts.num_samples, seed=opts.seed, batch_size=500, progress=opts.progress).images
+    if opts.temperature != 1.0:
+        results["temperature"] = opts.temperature
+    samples = sampler(opts.num_samples, seed=opts.seed, batch_size=500, progress=opts.progress,
+                      temperature=opts.temperature).images
     save_grid(torch.from_numpy(samples[:100]).permute(0, 3, 1, 2).float() / 255.0, out_dir / "samples.png")
     needs_inception = [m for m in opts.metrics if m not in ("memorization", "modes")]
     if needs_inception:

@@ -100,12 +100,19 @@ class GlannSampler:
 
     @torch.no_grad()
     def __call__(self, num_samples: int, seed: Optional[int] = 0, generator: Optional[torch.Generator] = None,
-                 batch_size: int = 500, output_type: str = "np", progress: bool = False) -> SamplerOutput:
+                 batch_size: int = 500, output_type: str = "np", progress: bool = False,
+                 temperature: float = 1.0) -> SamplerOutput:
+        """``temperature`` scales the Gaussian noise before the mapper: below 1 trades diversity for sharpness
+        (the usual truncation-style dial); 1 samples the prior the mapper was trained on."""
         if num_samples <= 0:
             raise ValueError(f"num_samples must be positive, got {num_samples}")
+        if not temperature > 0 or temperature == float("inf"):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
         if output_type not in ("np", "tensor", "pil"):
             raise ValueError(f"output_type must be 'np', 'tensor' or 'pil', got {output_type!r}")
         noise = self.noise(num_samples, seed, generator)
+        if temperature != 1.0:
+            noise = noise * temperature
         chunks = []
         from tqdm import tqdm
 

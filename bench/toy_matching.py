@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from glann import matching
+from glann import knn, matching
 from glann.imle import map_noise
 from glann.nets import Mapper, MapperArch
 from glann.runtime import adam
@@ -78,8 +78,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch and faiss threads (the nets are tiny)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if matching.faiss is not None:
-        matching.faiss.omp_set_num_threads(args.threads)
+    if knn.faiss is not None:
+        knn.faiss.omp_set_num_threads(args.threads)
     from glann.toy import TOY_STD
 
     print("| toy | matching | settings | modes covered | high-quality samples | data recall (3 std) | seconds | "

@@ -31,7 +31,7 @@ from typing import Any, Optional
 import torch
 
 from glann.errors import ArtifactError, ConfigError
-from glann.knn import _torch_nn, faiss, faiss_gpu_available, nearest_neighbors  # noqa: F401 (faiss: for callers)
+from glann.knn import _torch_nn, faiss_gpu_available, nearest_neighbors
 
 MODES = ("nearest", "rejection", "adaptive")
 STATE_KEYS = ("tau", "last_match", "noise")

@@ -182,3 +182,13 @@ def test_cuda_tensors_match_the_cpu_result():
     cpu = rejection(gen, data, 1.5, noise)
     gpu = rejection(gen.cuda(), data.cuda(), 1.5, noise.cuda())
     assert torch.equal(cpu.index, gpu.index) and torch.allclose(cpu.distance, gpu.distance, atol=1e-4)
+
+
+def test_train_config_validate_checks_the_matching_settings():
+    from glann.config import TrainConfig, validate
+
+    with pytest.raises(ConfigError, match="imle.rejection_eps"):
+        validate(TrainConfig(imle=IMLEConfig(matching="rejection", rejection_eps=-0.1)))
+    with pytest.raises(ConfigError, match="imle.adaptive_resample_every"):
+        validate(TrainConfig(imle=IMLEConfig(matching="adaptive", adaptive_resample_every=0)))
+    assert validate(TrainConfig(imle=IMLEConfig(matching="adaptive"))).imle.matching == "adaptive"

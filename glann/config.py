@@ -6,6 +6,7 @@ Everything outside ``train.py``/``sample.py``/this file takes these dataclasses,
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,10 @@ class IMLEConfig:
     beta2: float = 0.999
     knn_device: str = "auto"  # auto | cpu | cuda
     grid_every: int = 1  # rounds between sample grids (0: never)
+    matching: str = "nearest"  # nearest | rejection (RS-IMLE) | adaptive (Adaptive IMLE); glann/matching.py
+    rejection_eps: float | None = None  # rejection: drop samples closer than this to any data latent (required)
+    adaptive_gamma: float = 0.04  # adaptive: a re-matched point's radius becomes (1 - gamma) * its distance
+    adaptive_resample_every: int = 10  # adaptive: re-match a point at the latest this many rounds after its match
 
 
 @dataclass
@@ -98,6 +103,7 @@ class EvalOptions:
     cache_dir: str | None = None  # reference features cache; None: ~/.cache/glann/inception
     device: str = "auto"
     progress: bool = True
+    temperature: float = 1.0  # noise scale when sampling (< 1: less diverse, sharper; 1: the trained prior)
 
 
 @dataclass
@@ -127,6 +133,7 @@ class SampleConfig:
     output: str | None = None  # *.npz file or a folder of PNGs; default samples.npz in the run dir
     grid: bool = True  # also write a grid PNG next to the output
     device: str = "auto"
+    temperature: float = 1.0  # noise scale (< 1: less diverse, sharper; 1: the trained prior)
 
 
 @dataclass
@@ -161,6 +168,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"imle.lr_decay_every must be >= 0 (0: constant lr), got {cfg.imle.lr_decay_every}")
     if not 0.0 < cfg.imle.lr_decay <= 1.0:
         raise ConfigError(f"imle.lr_decay must be in (0, 1], got {cfg.imle.lr_decay}")
+    check_matching(cfg.imle)
     _positive(cfg.sampler, "sampler.", ["grid_size", "batch_size"])
     _positive(cfg.loss, "loss.", ["lap_levels"])
     for key, value in (("glo.beta1", cfg.glo.beta1), ("glo.beta2", cfg.glo.beta2),
@@ -200,7 +208,54 @@ def validate_sample(cfg: SampleConfig) -> SampleConfig:
     if not cfg.sampler_dir:
         raise ConfigError("sampler_dir is required: glann-sample sampler_dir=outputs/<run>/<time>/sampler")
     _positive(cfg, "", ["num_samples", "batch_size"])
+    check_temperature(cfg.temperature, "temperature")
     return cfg
+
+
+MATCHING_MODES = ("nearest", "rejection", "adaptive")
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MATCHING_MODES:
+        raise ConfigError(f"imle.matching must be one of {list(MATCHING_MODES)}, got {mode!r}")
+    return mode
+
+
+def check_eps(eps: Any) -> float:
+    if eps is None or isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) \
+            or eps <= 0:
+        raise ConfigError(f"imle.rejection_eps must be a finite number > 0 (a distance in latent space), got {eps}")
+    return float(eps)
+
+
+def check_gamma(gamma: Any) -> float:
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 < gamma < 1.0:
+        raise ConfigError(f"imle.adaptive_gamma must be in (0, 1), got {gamma}")
+    return float(gamma)
+
+
+def check_interval(every: Any) -> int:
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"imle.adaptive_resample_every must be an integer >= 1 (rounds), got {every}")
+    return every
+
+
+def check_matching(cfg: Any) -> Any:
+    """Check an IMLE config's matching settings (only those its ``matching`` mode uses); return it."""
+    mode = check_mode(getattr(cfg, "matching", "nearest"))
+    if mode == "rejection":
+        check_eps(cfg.rejection_eps)
+    elif mode == "adaptive":
+        check_gamma(cfg.adaptive_gamma)
+        check_interval(cfg.adaptive_resample_every)
+    return cfg
+
+
+def check_temperature(value: Any, key: str) -> float:
+    """A sampling temperature (noise scale) must be a finite number > 0; the error names ``key``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{key} must be a finite number > 0 (1: the trained noise scale), got {value}")
+    return float(value)
 
 
 # -- evaluation options: pure config checks, run before any expensive work -----------------------------
@@ -231,6 +286,7 @@ def check_eval_options(opts: EvalOptions) -> None:
             raise ConfigError(f"num_samples={opts.num_samples} is too small for {m} (needs >= {MIN_SAMPLES[m]})")
     if opts.num_samples <= 0 or opts.num_real <= 0:
         raise ConfigError("num_samples and num_real must be positive")
+    check_temperature(opts.temperature, "eval.temperature")
     if opts.fid_stats and not Path(opts.fid_stats).expanduser().is_file():
         raise ConfigError(f"eval.fid_stats={opts.fid_stats}: no such file")
     if any(m not in NO_INCEPTION for m in opts.metrics):

@@ -151,8 +151,11 @@ def evaluate(sampler_dir: Path | None, data_cfg: DataConfig, opts: EvalOptions, 
             raise ConfigError("memorization compares samples with held-out images, but the reference data is the "
                               "training set itself; use a dataset with a test split (e.g. data=mnist)")
     results: dict = {"num_samples": opts.num_samples}
+    if opts.temperature != 1.0:
+        results["temperature"] = opts.temperature
     if sampler is not None:
-        samples = sampler(opts.num_samples, seed=opts.seed, batch_size=500, progress=opts.progress).images
+        samples = sampler(opts.num_samples, seed=opts.seed, batch_size=500, progress=opts.progress,
+                          temperature=opts.temperature).images
     else:
         assert images is not None
         samples = np.ascontiguousarray(images[:opts.num_samples])

@@ -18,6 +18,7 @@ from torch import nn
 from glann import artifacts
 from glann.config import IMLEConfig
 from glann.knn import nearest_neighbors
+from glann.matching import MatchResult, check_state, select
 from glann.nets import Mapper, MapperArch
 from glann.runtime import NO_STOP, StopFlag, adam
 from glann.training import LoopOptions, Schedule, fit
@@ -37,11 +38,26 @@ def map_noise(mapper: nn.Module, noise: torch.Tensor, device: torch.device, batc
 
 def matching_round(mapper: nn.Module, latents: torch.Tensor, num_samples: int, noise_dim: int,
                    rng: torch.Generator, device: torch.device, knn_device: str = "auto"):
-    """Draw noise, map it, and for each data latent return (matched noise, NN distance)."""
+    """Draw noise, map it, and for each data latent return (matched noise, NN distance): the ``nearest`` rule."""
     noise = torch.randn(num_samples, noise_dim, generator=rng)
     generated = map_noise(mapper, noise, device)
     idx, dist = nearest_neighbors(generated, latents, device=knn_device)
     return noise[idx], dist
+
+
+def select_round(mapper: nn.Module, latents: torch.Tensor, cfg: IMLEConfig, rnd: int, rng: torch.Generator,
+                 device: torch.device, state: dict) -> tuple[MatchResult, dict]:
+    """One round's matching under ``cfg.matching``: draw m*N noise from ``rng``, map it, and pick for each data
+    latent the noise it trains on (see :mod:`glann.matching`). Returns the selection and the rule's new state."""
+    n = len(latents)
+    noise = torch.randn(cfg.samples_per_latent * n, cfg.noise_dim, generator=rng)
+    generated = map_noise(mapper, noise, device)
+    if cfg.matching == "nearest":  # the classic rule, through the knn device the config names
+        idx, dist = nearest_neighbors(generated, latents, device=cfg.knn_device)
+        return MatchResult(idx, dist, noise[idx], {}), {}
+    current = map_noise(mapper, state["noise"], device) if cfg.matching == "adaptive" and state else None
+    return select(cfg.matching, generated, latents, noise, state=state, rnd=rnd, current=current,
+                  eps=cfg.rejection_eps, gamma=cfg.adaptive_gamma, resample_every=cfg.adaptive_resample_every)
 
 
 class IMLEStage:
@@ -62,16 +78,21 @@ class IMLEStage:
         self.grid_noise = torch.randn(64, cfg.noise_dim, generator=torch.Generator().manual_seed(seed + 17))
         self.target = self.latents.to(device)
         self.batches_per_epoch = math.ceil(n / cfg.batch_size)
+        self.match_state: dict = {}  # the matching rule's state across rounds (adaptive: radii, matched noise)
 
     def optimizers(self) -> list[tuple[torch.optim.Optimizer, float]]:
         return [(self.opt, self.cfg.lr)]
 
     def state_dict(self) -> dict:
-        return {"mapper": self.mapper.state_dict(), "opt": self.opt.state_dict()}
+        return {"mapper": self.mapper.state_dict(), "opt": self.opt.state_dict(), "matching": self.cfg.matching,
+                "match_state": self.match_state}
 
     def load_state_dict(self, state: dict) -> None:
         self.mapper.load_state_dict(state["mapper"])
         self.opt.load_state_dict(state["opt"])
+        self.match_state = state.get("match_state", {})
+        if self.cfg.matching == "adaptive":
+            check_state(self.match_state, len(self.latents), self.cfg.noise_dim, self.out_dir / "state" / "last.pt")
 
     def init_fresh(self) -> None:
         pass
@@ -83,10 +104,12 @@ class IMLEStage:
         n, cfg = len(self.latents), self.cfg
         rng = torch.Generator().manual_seed(self.seed * 100003 + unit)
         t0 = time.perf_counter()
-        matched, self.dist = matching_round(self.mapper, self.latents, cfg.samples_per_latent * n, cfg.noise_dim, rng,
-                                            self.device, cfg.knn_device)
+        result, self.match_state = select_round(self.mapper, self.latents, cfg, unit, rng, self.device,
+                                                self.match_state)
         self.match_seconds = time.perf_counter() - t0
-        self.matched = matched.to(self.device)
+        assert result.noise is not None
+        self.dist, self.match_stats = result.distance, result.stats
+        self.matched = result.noise.to(self.device)
         self.perms = [torch.randperm(n, generator=rng).to(self.device) for _ in range(cfg.epochs_per_round)]
         self.mapper.train()
 
@@ -102,8 +125,9 @@ class IMLEStage:
         return loss.item(), len(idx)
 
     def end(self, unit: int) -> dict[str, float]:
+        extra = {f"imle/{k}": v for k, v in self.match_stats.items() if k not in ("nn_dist", "nn_dist_max")}
         return {"imle/nn_dist": self.dist.mean().item(), "imle/nn_dist_max": self.dist.max().item(),
-                "imle/lr": self.opt.param_groups[0]["lr"], "imle/match_seconds": self.match_seconds}
+                "imle/lr": self.opt.param_groups[0]["lr"], "imle/match_seconds": self.match_seconds, **extra}
 
     @torch.no_grad()
     def snapshot(self, unit: int) -> dict[str, tuple[torch.Tensor, int]]:

@@ -57,7 +57,7 @@ def sample(cfg: DictConfig) -> str:
     check_writable(output)
     sampler = GlannSampler.from_pretrained(conf.sampler_dir, device=resolve_device(conf.device))
     images = sampler(conf.num_samples, seed=conf.seed, batch_size=conf.batch_size, output_type="np",
-                     progress=True).images
+                     progress=True, temperature=conf.temperature).images
     path = write_samples(images, output)
     log.info("wrote %d images %s to %s", len(images), images.shape[1:], path)
     if conf.grid:

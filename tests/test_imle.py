@@ -1,9 +1,15 @@
 import json
+from dataclasses import replace
 
+import pytest
 import torch
 import torch.nn.functional as F
+from conftest import compose_train
+from safetensors.torch import load_file
 
+from glann import pipeline
 from glann.config import IMLEConfig, MapperConfig
+from glann.errors import ArtifactError, ConfigError
 from glann.imle import map_noise, matching_round, train_imle
 from glann.nets import Mapper, MapperArch
 
@@ -57,3 +63,43 @@ def test_constant_lr_by_default(tmp_path):
     train_imle(clustered_latents(64), cfg, tmp_path, torch.device("cpu"), progress=False)
     rows = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
     assert [r["imle/lr"] for r in rows] == [1e-3, 1e-3]
+
+
+@pytest.mark.parametrize("mode,extra,stat", [
+    ("rejection", dict(rejection_eps=0.05), "imle/rejected_frac"),
+    ("adaptive", dict(adaptive_gamma=0.1, adaptive_resample_every=2), "imle/rematched_frac"),
+])
+def test_matching_modes_log_their_statistics_and_resume_exactly(tmp_path, mode, extra, stat):
+    latents = clustered_latents(128)
+    base = dict(noise_dim=4, mapper=MapperConfig(hidden_dim=16), epochs_per_round=1, batch_size=64, matching=mode,
+                **extra)
+    cpu = torch.device("cpu")
+    train_imle(latents, IMLEConfig(rounds=2, **base), tmp_path / "resumed", cpu, progress=False)
+    train_imle(latents, IMLEConfig(rounds=4, **base), tmp_path / "resumed", cpu, progress=False)
+    train_imle(latents, IMLEConfig(rounds=4, **base), tmp_path / "straight", cpu, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "resumed" / "stats.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4] and all(stat in r for r in rows)
+    if mode == "adaptive":  # round 1 matches every point; later rounds only those the rule picks
+        assert rows[0][stat] == 1.0 and min(r[stat] for r in rows[1:]) < 1.0
+    a = load_file(str(tmp_path / "resumed" / "mapper" / "model.safetensors"))
+    b = load_file(str(tmp_path / "straight" / "mapper" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the rule's state (radii, matched noise) survived the resume
+
+
+def test_a_checkpoint_from_another_matching_mode_is_refused(tmp_path):
+    spec = next(s for s in pipeline.STAGES if s.name == "imle")
+    nearest = compose_train("debug=tiny")
+    rejection = compose_train("debug=tiny", "imle.matching=rejection", "imle.rejection_eps=0.05")
+    latents, cpu = clustered_latents(64), torch.device("cpu")
+    train_imle(latents, replace(nearest.imle, rounds=1), tmp_path, cpu, progress=False,
+               resume_key=spec.resume_key(nearest, "glo-digest"))
+    with pytest.raises(ArtifactError, match="written with other settings"):
+        train_imle(latents, rejection.imle, tmp_path, cpu, progress=False,
+                   resume_key=spec.resume_key(rejection, "glo-digest"))
+
+
+def test_rejection_that_rejects_everything_names_the_setting(tmp_path):
+    cfg = IMLEConfig(noise_dim=4, mapper=MapperConfig(hidden_dim=16), rounds=1, epochs_per_round=1, batch_size=64,
+                     matching="rejection", rejection_eps=10.0)
+    with pytest.raises(ConfigError, match="lower imle.rejection_eps"):
+        train_imle(clustered_latents(64), cfg, tmp_path, torch.device("cpu"), progress=False)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
+pytestmark = pytest.mark.slow  # Hydra apps in subprocesses: seconds each
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):

@@ -74,6 +74,7 @@ def test_bad_eval_options(opts, match):
         check_eval_options(opts)
 
 
+@pytest.mark.slow
 @needs_weights
 def test_evaluate_a_tiny_run_end_to_end(tmp_path):
     run = tmp_path / "run"

@@ -139,6 +139,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_exits_cleanly_and_the_rerun_completes(tmp_path):
     args = ["debug=tiny", "glo.epochs=400", "glo.grid_every=0", f"hydra.run.dir={tmp_path}", "cache_dir=null"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -161,6 +162,7 @@ def test_sigterm_saves_a_checkpoint_exits_cleanly_and_the_rerun_completes(tmp_pa
     assert (tmp_path / "sampler" / "sampler.json").is_file()
 
 
+@pytest.mark.slow
 def test_parallel_jobs_share_one_glo_training(tmp_path):
     cache = tmp_path / "cache"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -179,6 +181,7 @@ def test_parallel_jobs_share_one_glo_training(tmp_path):
         assert (tmp_path / str(m) / "glo").resolve() == glo_dir.resolve()
 
 
+@pytest.mark.slow
 def test_unwritable_output_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")

@@ -40,8 +40,8 @@ from tqdm import tqdm
 
 from glann.config import DataConfig
 from glann.data import load_dataset
+from glann.images import save_grid, to_float, to_uint8
 from glann.knn import faiss
-from glann.runtime import save_grid
 
 
 class RefGenerator(nn.Module):
@@ -159,7 +159,7 @@ def sample(mapper: nn.Module, gen: nn.Module, num: int, dev: torch.device, seed:
     mapper.train(), gen.train()  # as the reference samples: train-mode BN over batches of 50
     out = [gen(mapper(torch.randn(50, 32, device=dev))).cpu() for _ in range(-(-num // 50))]
     x = torch.cat(out)[:num]
-    return (x * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return to_uint8(x)
 
 
 def main() -> None:
@@ -178,14 +178,14 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_dataset(DataConfig(name="mnist", root=args.root))
-    x = torch.from_numpy(data.images).float().div_(255.0).to(dev)
+    x = to_float(data.images, channels_last=False).to(dev)
     t0 = time.perf_counter()
     gen, latents, log = train_glo(x, args.glo_minutes * 60, dev)
     mapper, log_imle = train_imle(latents, args.imle_minutes * 60, dev)
     log.update(log_imle, total_seconds=time.perf_counter() - t0, device=str(dev), torch=torch.__version__)
     images = sample(mapper, gen, args.num_samples, dev, args.seed)
     np.savez_compressed(out / "samples.npz", images=images)
-    save_grid(torch.from_numpy(images[:100]).permute(0, 3, 1, 2).float() / 255.0, out / "samples.png")
+    save_grid(to_float(images[:100]), out / "samples.png")
     (out / "log.json").write_text(json.dumps(log, indent=2))
     print(json.dumps(log, indent=2))
 

@@ -112,7 +112,7 @@ def main() -> None:
         q = data_latents.numpy()
         ours, plain = [], []
         for _ in range(args.rounds):
-            ours += repeat(lambda: knn._search_cpu(index, q), 1)
+            ours += repeat(lambda: knn.search_cpu(index, q), 1)
             plain += repeat(lambda: index.search(q, 1), 1)
         for name, ts in ((f"  exact search, glann split over {knn.faiss.omp_get_max_threads()} threads", ours),
                          ("  exact search, one multi-threaded faiss call", plain)):

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from glann.config import DataConfig
 from glann.errors import DataError
 from glann.files import atomic_write
+from glann.images import to_float
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class ImageData:
         """Images at ``idx`` as float in [0, 1] on ``device``."""
         idx = np.asarray(idx.cpu() if isinstance(idx, torch.Tensor) else idx)
         x = torch.from_numpy(np.ascontiguousarray(self.images[idx]))
-        return x.to(device, non_blocking=True).float().div_(255.0)
+        return to_float(x.to(device, non_blocking=True), channels_last=False)
 
 
 def load_dataset(cfg: DataConfig, seed: int = 0) -> ImageData:

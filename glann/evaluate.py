@@ -89,7 +89,7 @@ def memorization(samples: np.ndarray, train: ImageData, test: ImageData, out_dir
     """Pixel-space L2 distance from each sample to its nearest training image, against the same for held-out
     test images. A sample is a near-copy when it is closer to the training set than 99% of test images are."""
     def flat(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).reshape(len(a), -1).float() / 255.0
+        return to_float(a, channels_last=False).reshape(len(a), -1)
 
     train_flat = flat(train.images)
     s_idx, s_dist = nearest_neighbors(train_flat, flat(samples), device="cpu")

@@ -24,9 +24,10 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
         .contiguous().numpy()
 
 
-def to_float(images: np.ndarray, channels_last: bool = True) -> torch.Tensor:
-    """uint8 (N, H, W, C) (or (N, C, H, W) with ``channels_last=False``) -> float (N, C, H, W) in [0, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(images))
+def to_float(images: np.ndarray | torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+    """uint8 (N, H, W, C) (or (N, C, H, W) with ``channels_last=False``), an array or a tensor on any device
+    -> float (N, C, H, W) in [0, 1] on the same device."""
+    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
     if channels_last:
         x = x.permute(0, 3, 1, 2)
     return x.float().div_(255.0)

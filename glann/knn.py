@@ -41,12 +41,12 @@ def nearest_neighbors(database: torch.Tensor, queries: torch.Tensor, device: str
         if on_gpu:
             index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
         index.add(db)
-        dist2, idx = index.search(q, 1) if on_gpu else _search_cpu(index, q)
+        dist2, idx = index.search(q, 1) if on_gpu else search_cpu(index, q)
         return torch.from_numpy(idx[:, 0].astype(np.int64)), torch.from_numpy(np.sqrt(np.maximum(dist2[:, 0], 0)))
     return _torch_nn(database, queries, "cuda" if want_gpu and torch.cuda.is_available() else "cpu", chunk)
 
 
-def _search_cpu(index, q: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def search_cpu(index, q: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-1 search on the CPU: query chunks spread over threads, one single-threaded faiss call each.
 
     faiss's own multi-threaded search meets an OpenMP barrier twice per 4096x1024 distance tile. On a shared

@@ -17,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from glann import artifacts
+from glann.images import to_float
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = 2, se
     torch.manual_seed(seed)
     model = MnistClassifier()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x_all = torch.from_numpy(np.ascontiguousarray(images)).float() / 255.0
+    x_all = to_float(images, channels_last=False)
     y_all = torch.from_numpy(np.asarray(labels)).long()
     g = torch.Generator().manual_seed(seed)
     for _ in tqdm(range(epochs), desc="mnist classifier", unit="epoch", leave=False):
@@ -64,7 +65,7 @@ def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
 
 @torch.no_grad()
 def predict_digits(model: nn.Module, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    x = torch.from_numpy(np.ascontiguousarray(images)).float() / 255.0
+    x = to_float(images, channels_last=False)
     return torch.cat([model(x[s:s + batch_size]).argmax(1) for s in range(0, len(x), batch_size)]).numpy()
 
 

@@ -41,7 +41,7 @@ def test_chunked_threaded_cpu_search_is_exact():
     before = knn.faiss.omp_get_max_threads()
     index = knn.faiss.IndexFlatL2(64)
     index.add(db.numpy())
-    dist2, idx = knn._search_cpu(index, q.numpy(), threads=2)
+    dist2, idx = knn.search_cpu(index, q.numpy(), threads=2)
     assert knn.faiss.omp_get_max_threads() == before  # the workers' one-thread setting stays theirs
     brute = torch.cdist(q.double(), db.double())
     best, arg = brute.min(1)

@@ -196,7 +196,7 @@ class GlannSampler:
             raise DataError(f"images must be uint8 (or a float tensor in [0, 1]), got {arr.dtype}")
         if arr.ndim == 3:  # (N, H, W) grey
             arr = arr[:, None]
-        elif arr.ndim == 4 and arr.shape[1] not in (1, 3) and arr.shape[-1] in (1, 3, 4):
+        elif arr.ndim == 4 and not (arr.shape[1] in (1, 3) and arr.shape[-1] not in (1, 3)):
             arr = arr.transpose(0, 3, 1, 2)  # (N, H, W, C), the .npz convention
         return torch.from_numpy(conform_images(arr, c, size)).float().div_(255.0)
 

@@ -84,8 +84,31 @@ def test_invert_cli_errors_are_one_line(sampler_dir, tmp_path):
     res = run_cli("invert_app", f"sampler_dir={sampler_dir}", f"images={tmp_path / 'f.npz'}",
                   f"hydra.run.dir={tmp_path / 'h'}")
     assert res.returncode == 1 and "must be uint8" in res.stderr and "Traceback" not in res.stderr
-    res = run_cli("invert_app", f"sampler_dir={sampler_dir}", f"hydra.run.dir={tmp_path / 'h'}")
-    assert res.returncode == 1 and "images is required" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("changes, needle", [
+    (dict(images=None), "images is required"), (dict(sampler_dir=None), "sampler_dir is required"),
+    (dict(steps=0), "steps must be positive"), (dict(init="pca"), "init must be"), (dict(output="x.png"), ".npz"),
+])
+def test_invert_config_errors_name_the_key(changes, needle):
+    from glann.config import InvertConfig, validate_invert
+    from glann.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=needle):
+        validate_invert(InvertConfig(**{"sampler_dir": "s", "images": "i", **changes}))
+
+
+@pytest.mark.parametrize("changes, needle", [
+    (dict(interpolation_steps=1), "interpolation_steps must be at least 2"), (dict(num_pairs=0), "num_pairs"),
+    (dict(interpolation_space="pixel"), "interpolation_space"), (dict(mode="walk"), "mode must be"),
+])
+def test_interpolate_config_errors_name_the_key(changes, needle):
+    from glann.config import SampleConfig, validate_sample
+    from glann.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=needle):
+        validate_sample(SampleConfig(**{"sampler_dir": "s", "mode": "interpolate", **changes}))
 
 
 def test_sample_mode_interpolate_writes_one_row_per_pair(sampler_dir, tmp_path):
@@ -104,6 +127,3 @@ def test_sample_mode_interpolate_writes_one_row_per_pair(sampler_dir, tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "walk_grid.png").size == (5 * 18 + 2, 3 * 18 + 2)
-    res = run_cli("sample", f"sampler_dir={sampler_dir}", "mode=interpolate", "interpolation_steps=1",
-                  f"hydra.run.dir={tmp_path / 'h2'}")
-    assert res.returncode == 1 and "interpolation_steps must be at least 2" in res.stderr

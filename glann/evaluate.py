@@ -5,6 +5,7 @@ Reference features of a dataset split are computed once and cached (``<cache_dir
 """
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 from typing import Optional
@@ -23,9 +24,11 @@ from glann.sampler import GlannSampler, to_uint8
 
 log = logging.getLogger(__name__)
 
-METRICS = ("fid", "kid", "pr", "recon_fid", "glo_gaussian", "memorization", "modes")
+METRICS = ("fid", "kid", "pr", "recon_fid", "glo_gaussian", "memorization", "modes", "neighbours")
 # Fewest samples each metric can be computed from (KID subsets, PR k-NN, a full-rank-ish covariance).
-MIN_SAMPLES = {"fid": 10, "kid": 2, "pr": 4, "recon_fid": 10, "glo_gaussian": 10, "memorization": 1, "modes": 1}
+MIN_SAMPLES = {"fid": 10, "kid": 2, "pr": 4, "recon_fid": 10, "glo_gaussian": 10, "memorization": 1, "modes": 1,
+               "neighbours": 1}
+NO_INCEPTION = ("memorization", "modes", "neighbours")  # metrics that need no Inception network
 
 
 def check_options(opts: EvalOptions) -> None:
@@ -39,7 +42,7 @@ def check_options(opts: EvalOptions) -> None:
         raise ConfigError("num_samples and num_real must be positive")
     if opts.fid_stats and not Path(opts.fid_stats).expanduser().is_file():
         raise ConfigError(f"eval.fid_stats={opts.fid_stats}: no such file")
-    if any(m not in ("memorization", "modes") for m in opts.metrics):
+    if any(m not in NO_INCEPTION for m in opts.metrics):
         from glann.metrics import resolve_weights
 
         resolve_weights(opts.inception_weights)
@@ -53,9 +56,15 @@ def uint8_nchw(data: ImageData, idx: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(data.images[idx])
 
 
+def reference_index(num_images: int, opts: EvalOptions) -> np.ndarray:
+    """The images (sorted indices) whose reference features are computed: a seeded random ``num_real`` of them."""
+    n = min(opts.num_real, num_images)
+    return np.sort(np.random.default_rng(opts.seed).permutation(num_images)[:n])  # random, not "first N"
+
+
 def reference_features(data: ImageData, extractor: InceptionFeatures, opts: EvalOptions) -> np.ndarray:
-    n = min(opts.num_real, len(data))
-    idx = np.sort(np.random.default_rng(opts.seed).permutation(len(data))[:n])  # random, not "first N"
+    idx = reference_index(len(data), opts)
+    n = len(idx)
     weights = resolve_weights(opts.inception_weights)
     wkey = f"{Path(weights).name}-{Path(weights).stat().st_size}" if weights else "torch-fidelity-default"
     key = artifacts.config_hash([data.fingerprint, n, opts.seed, wkey])
@@ -132,6 +141,79 @@ def memorization(samples: np.ndarray, train: ImageData, test: ImageData, out_dir
             "memorization/figure": str(figure)}
 
 
+NEIGHBOUR_ROWS = 10
+
+
+def neighbours_figure(samples: np.ndarray, train: ImageData | np.ndarray, out_dir: Path,
+                      features: Optional[tuple[np.ndarray, np.ndarray, np.ndarray]] = None, k: int = 8,
+                      rows: int = NEIGHBOUR_ROWS) -> dict[str, Path]:
+    """Memorisation at a glance: each row a sample (uint8 N x C x H x W), then its ``k`` nearest training images.
+
+    Always by pixel L2 over all training images (``neighbours_pixel.png``); with ``features`` = (Inception features
+    of the first ``rows`` samples, of training images, those images' indices) also by Inception-feature L2
+    (``neighbours_inception.png``). The distance used is written in the figure's title."""
+    from glann.knn import nearest_neighbors
+
+    images = train.images if isinstance(train, ImageData) else np.asarray(train)
+    rows = min(rows, len(samples))
+    k = min(k, len(images))
+    shown = np.ascontiguousarray(samples[:rows])
+
+    def flat(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).reshape(len(a), -1).float() / 255.0
+
+    out = {"pixel": _neighbour_grid(shown, images, _knn(flat(images), flat(shown), k), Path(out_dir) /
+                                    "neighbours_pixel.png",
+                                    f"{k} nearest of {len(images)} training images by pixel L2 distance")}
+    if features is not None:
+        sample_feats, train_feats, train_idx = features
+        nn = _knn(torch.from_numpy(np.asarray(train_feats)).float(),
+                  torch.from_numpy(np.asarray(sample_feats[:rows])).float(), k)
+        out["inception"] = _neighbour_grid(shown, images, np.asarray(train_idx)[nn], Path(out_dir) /
+                                           "neighbours_inception.png",
+                                           f"{k} nearest of {len(train_idx)} training images by Inception-feature "
+                                           "(pool3) L2 distance")
+    return out
+
+
+def _knn(base: torch.Tensor, queries: torch.Tensor, k: int) -> np.ndarray:
+    """(len(queries), k) indices of the nearest rows of ``base`` (exact L2), nearest first."""
+    idx = []
+    for s in range(0, len(queries), 256):
+        d = torch.cdist(queries[s:s + 256], base)
+        idx.append(d.topk(k, dim=1, largest=False).indices)
+    return torch.cat(idx).numpy()
+
+
+def _neighbour_grid(samples: np.ndarray, train: np.ndarray, nn: np.ndarray, path: Path, caption: str) -> Path:
+    """One row per sample: the sample, a gap, then its neighbours; a title band above says what is shown."""
+    from PIL import Image, ImageDraw, ImageFont
+    from torchvision.utils import make_grid
+
+    k = nn.shape[1]
+    tiles = []
+    for i in range(len(samples)):
+        row = [samples[i], np.full_like(samples[i], 255)] + [train[j] for j in nn[i]]
+        tiles += [torch.from_numpy(np.ascontiguousarray(t)).float() / 255.0 for t in row]
+    grid = make_grid(torch.stack(tiles), nrow=k + 2, padding=2, pad_value=1.0)
+    arr = grid.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    body = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).convert("RGB")
+    scale = max(1, 64 // samples.shape[-1])  # small images (MNIST) are enlarged so that the text fits
+    body = body.resize((body.width * scale, body.height * scale), Image.NEAREST)
+    font = ImageFont.load_default()
+    lines = ["each row: a sample | its " + caption]
+    draw = ImageDraw.Draw(body)
+    width = max(body.width, int(max(draw.textlength(line, font=font) for line in lines)) + 8)
+    figure = Image.new("RGB", (width, body.height + 16 * len(lines) + 6), "white")
+    figure.paste(body, (0, 16 * len(lines) + 6))
+    draw = ImageDraw.Draw(figure)
+    for i, line in enumerate(lines):
+        draw.text((4, 4 + 16 * i), line, fill="black", font=font)
+    buf = io.BytesIO()
+    figure.save(buf, format="png")
+    return artifacts.atomic_write(Path(path), lambda p: p.write_bytes(buf.getvalue()))
+
+
 def evaluate(sampler_dir: Path, data_cfg: DataConfig, opts: EvalOptions, out_dir: Path,
              train_cfg: Optional[DataConfig] = None) -> dict:
     """Compute ``opts.metrics`` for the sampler at ``sampler_dir`` against ``data_cfg`` (the reference split).
@@ -149,17 +231,18 @@ def evaluate(sampler_dir: Path, data_cfg: DataConfig, opts: EvalOptions, out_dir
         raise ConfigError(f"data {data_cfg.name} has images of shape {reference.shape}, the sampler makes "
                           f"{sampler.image_shape}; set data.image_size/data.channels to match")
     train = None
-    if "memorization" in opts.metrics:  # checked before any expensive work
+    if "memorization" in opts.metrics or "neighbours" in opts.metrics:  # checked before any expensive work
         if train_cfg is None:
-            raise ConfigError("memorization needs the training split (train_data)")
+            raise ConfigError("memorization and neighbours need the training split (train_data)")
         train = load_dataset(train_cfg, opts.seed)
-        if train.fingerprint == reference.fingerprint:
+        if "memorization" in opts.metrics and train.fingerprint == reference.fingerprint:
             raise ConfigError("memorization compares samples with held-out images, but the reference data is the "
                               "training set itself; use a dataset with a test split (e.g. data=mnist)")
     results: dict = {"num_samples": opts.num_samples}
     samples = sampler(opts.num_samples, seed=opts.seed, batch_size=500, progress=opts.progress).images
     save_grid(torch.from_numpy(samples[:100]).permute(0, 3, 1, 2).float() / 255.0, out_dir / "samples.png")
-    needs_inception = [m for m in opts.metrics if m not in ("memorization", "modes")]
+    needs_inception = [m for m in opts.metrics if m not in NO_INCEPTION]
+    neighbour_features = None
     if needs_inception:
         extractor = InceptionFeatures(opts.inception_weights, device, opts.batch_size)
         fake = None
@@ -192,8 +275,15 @@ def evaluate(sampler_dir: Path, data_cfg: DataConfig, opts: EvalOptions, out_dir
                 save_grid(torch.from_numpy(gauss[:100]).permute(0, 3, 1, 2).float() / 255.0,
                           out_dir / "glo_gaussian_samples.png")
                 results["glo_gaussian_fid"] = fid_of(extractor(gauss, opts.progress, "inception (GLO+Gaussian)"))
+        if "neighbours" in opts.metrics:  # the Inception network is loaded anyway: a feature-distance figure too
+            rows = min(NEIGHBOUR_ROWS, len(samples))
+            shown = fake[:rows] if fake is not None else extractor(samples[:rows], progress=False)
+            neighbour_features = (shown, reference_features(train, extractor, opts), reference_index(len(train), opts))
     if train is not None:
         results.update(memorization(samples.transpose(0, 3, 1, 2), train, reference, out_dir))
+    if "neighbours" in opts.metrics:
+        figures = neighbours_figure(samples.transpose(0, 3, 1, 2), train, out_dir, features=neighbour_features)
+        results.update({f"neighbours/{kind}_figure": str(path) for kind, path in figures.items()})
     if "modes" in opts.metrics:
         from glann.modes import cached_classifier, mode_ids, mode_stats, predict_digits
 

@@ -152,7 +152,6 @@ def neighbours_figure(samples: np.ndarray, train: ImageData | np.ndarray, out_di
     Always by pixel L2 over all training images (``neighbours_pixel.png``); with ``features`` = (Inception features
     of the first ``rows`` samples, of training images, those images' indices) also by Inception-feature L2
     (``neighbours_inception.png``). The distance used is written in the figure's title."""
-    from glann.knn import nearest_neighbors
 
     images = train.images if isinstance(train, ImageData) else np.asarray(train)
     rows = min(rows, len(samples))

@@ -107,8 +107,8 @@ def write_interpolations(sampler, conf: SampleConfig, output: Path) -> str:
     images = interpolation_images(sampler, conf)
     path = write_samples(images, output)
     stem = output.with_suffix("") if output.suffix == ".npz" else output
-    grid = save_grid(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0, stem.parent / f"{stem.name}_grid.png",
-                     nrow=conf.interpolation_steps)
+    grid = save_grid(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0,
+                     stem.parent / f"{stem.name}_grid.png", nrow=conf.interpolation_steps)
     log.info("wrote %d interpolations of %d steps (%s space) to %s; grid: %s", conf.num_pairs,
              conf.interpolation_steps, conf.interpolation_space, path, grid)
     return str(path)

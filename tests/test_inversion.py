@@ -6,7 +6,6 @@ import logging
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from glann.config import DataConfig, GeneratorConfig, GLOConfig, LossConfig
 from glann.data import conform_images, load_dataset

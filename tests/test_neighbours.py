@@ -1,4 +1,5 @@
-"""Nearest-neighbour figures (glann-eval eval.metrics=[..., neighbours]): samples beside their closest training images."""
+"""Nearest-neighbour figures (glann-eval eval.metrics=[..., neighbours]): samples beside their closest training
+images."""
 from __future__ import annotations
 
 import os
@@ -64,7 +65,7 @@ def test_evaluate_writes_the_neighbours_figure(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not WEIGHTS.is_file(), reason="FID Inception weights not in ../shared/models (or $GLANN_FID_WEIGHTS)")
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason="no FID Inception weights in ../shared/models or $GLANN_FID_WEIGHTS")
 def test_evaluate_with_inception_writes_both_figures(tmp_path):
     run = tmp_path / "run"
     pipeline.run(compose_train("debug=tiny"), run, progress=False)

@@ -134,6 +134,27 @@ class SampleConfig:
     grid: bool = True  # also write a grid PNG next to the output
     device: str = "auto"
     temperature: float = 1.0  # noise scale (< 1: less diverse, sharper; 1: the trained prior)
+    mode: str = "sample"  # sample | interpolate (one row of the grid per pair of random endpoints)
+    interpolation_steps: int = 8  # images per pair, both endpoints included
+    num_pairs: int = 8  # interpolate: number of pairs (rows)
+    interpolation_space: str = "latent"  # latent: slerp between mapped codes | noise: slerp between noise vectors
+
+
+@dataclass
+class InvertConfig:
+    sampler_dir: str | None = None  # required: a run's sampler/ folder
+    images: str | None = None  # required: a folder of images, or an .npz with "images" (uint8 N x H x W x C)
+    output: str | None = None  # *.npz; default: inversion.npz in the run folder
+    limit: int | None = None  # invert only the first N images
+    steps: int = 100  # Adam steps per code
+    lr: float = 0.05
+    batch_size: int = 256  # images optimised together
+    init: str = "mapper"  # mapper: the closest of `candidates` mapped samples | random: `restarts` random codes
+    restarts: int = 1  # starting codes per image; the best is kept
+    candidates: int = 4096  # init=mapper: mapped samples to start from
+    seed: int = 0
+    grid_size: int = 32  # originals over reconstructions in <output>_grid.png (0: no grid)
+    device: str = "auto"
 
 
 @dataclass
@@ -209,6 +230,31 @@ def validate_sample(cfg: SampleConfig) -> SampleConfig:
         raise ConfigError("sampler_dir is required: glann-sample sampler_dir=outputs/<run>/<time>/sampler")
     _positive(cfg, "", ["num_samples", "batch_size"])
     check_temperature(cfg.temperature, "temperature")
+    if cfg.mode not in ("sample", "interpolate"):
+        raise ConfigError(f"mode must be 'sample' or 'interpolate', got {cfg.mode!r}")
+    if cfg.mode == "interpolate":
+        if cfg.interpolation_steps < 2:
+            raise ConfigError(f"interpolation_steps must be at least 2 (both endpoints), got {cfg.interpolation_steps}")
+        _positive(cfg, "", ["num_pairs"])
+        if cfg.interpolation_space not in ("latent", "noise"):
+            raise ConfigError(f"interpolation_space must be 'latent' or 'noise', got {cfg.interpolation_space!r}")
+    return cfg
+
+
+def validate_invert(cfg: InvertConfig) -> InvertConfig:
+    if not cfg.sampler_dir:
+        raise ConfigError("sampler_dir is required: glann-invert sampler_dir=outputs/<run>/<time>/sampler images=...")
+    if not cfg.images:
+        raise ConfigError("images is required: a folder of images or an .npz holding an 'images' array")
+    _positive(cfg, "", ["steps", "lr", "batch_size", "restarts", "candidates"])
+    if cfg.limit is not None and cfg.limit <= 0:
+        raise ConfigError(f"limit must be positive, got {cfg.limit}")
+    if cfg.grid_size < 0:
+        raise ConfigError(f"grid_size must be >= 0, got {cfg.grid_size}")
+    if cfg.init not in ("mapper", "random"):
+        raise ConfigError(f"init must be 'mapper' or 'random', got {cfg.init!r}")
+    if cfg.output and not cfg.output.endswith(".npz"):
+        raise ConfigError(f"output must be an .npz file, got {cfg.output}")
     return cfg
 
 
@@ -260,10 +306,11 @@ def check_temperature(value: Any, key: str) -> float:
 
 # -- evaluation options: pure config checks, run before any expensive work -----------------------------
 
-METRICS = ("fid", "kid", "pr", "recon_fid", "glo_gaussian", "memorization", "modes")
+METRICS = ("fid", "kid", "pr", "recon_fid", "glo_gaussian", "memorization", "modes", "neighbours")
 # Fewest samples each metric can be computed from (KID subsets, PR k-NN, a full-rank-ish covariance).
-MIN_SAMPLES = {"fid": 10, "kid": 2, "pr": 4, "recon_fid": 10, "glo_gaussian": 10, "memorization": 1, "modes": 1}
-NO_INCEPTION = ("memorization", "modes")  # metrics computed without Inception features
+MIN_SAMPLES = {"fid": 10, "kid": 2, "pr": 4, "recon_fid": 10, "glo_gaussian": 10, "memorization": 1, "modes": 1,
+               "neighbours": 1}
+NO_INCEPTION = ("memorization", "modes", "neighbours")  # metrics computed without Inception features
 WEIGHTS_ENV = "GLANN_FID_WEIGHTS"
 
 
@@ -298,6 +345,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_train", node=TrainConfig)
     cs.store(name="base_sample", node=SampleConfig)
+    cs.store(name="base_invert", node=InvertConfig)
     cs.store(name="base_eval", node=EvalConfig)
     cs.store(group="data", name="base_data", node=DataConfig)
     cs.store(group="glo", name="base_glo", node=GLOConfig)

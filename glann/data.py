@@ -103,6 +103,29 @@ def resize_uint8(images: np.ndarray, size: int, center_crop: int | None = None, 
     return out
 
 
+def conform_images(images: np.ndarray, channels: int, size: int) -> np.ndarray:
+    """uint8 (N, C, H, W) of any size with 1 or 3 channels -> uint8 (N, channels, size, size), converted the way
+    training data is: grey <-> RGB as :func:`_postprocess` does, then a centre crop to a square and an
+    antialiased resize (:func:`resize_uint8`). Anything else is refused with a one-line :class:`DataError`."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise DataError(f"images must be uint8, got {images.dtype}")
+    if images.ndim != 4:
+        raise DataError(f"images must be (N, C, H, W), got shape {images.shape}")
+    if channels not in (1, 3):
+        raise DataError(f"images can be converted to 1 or 3 channels, not {channels}")
+    c = images.shape[1]
+    if c not in (1, 3):
+        raise DataError(f"images have {c} channels; only 1 (grey) or 3 (RGB) can be converted to {channels}")
+    if len(images) == 0 or min(images.shape[-2:]) == 0:
+        raise DataError(f"images are empty (shape {images.shape})")
+    if c != channels:
+        images = images.repeat(3, axis=1) if channels == 3 else _to_gray(images)
+    if images.shape[-2:] != (size, size):
+        images = resize_uint8(images, size)
+    return np.ascontiguousarray(images)
+
+
 def _embedded(cfg: DataConfig) -> np.ndarray:
     with resources.files("glann").joinpath("assets/mnist_10k.npz").open("rb") as f:
         with np.load(f) as z:

@@ -5,11 +5,14 @@ Reference features of a dataset split are computed once and cached (``<cache_dir
 """
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.utils import make_grid
 
 from glann import artifacts
 from glann.config import NO_INCEPTION, DataConfig, EvalOptions, check_eval_options, resolve_weights
@@ -33,9 +36,15 @@ def uint8_nchw(data: ImageData, idx: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(data.images[idx])
 
 
+def reference_index(num_images: int, opts: EvalOptions) -> np.ndarray:
+    """The images (sorted indices) whose reference features are computed: a seeded random ``num_real`` of them."""
+    n = min(opts.num_real, num_images)
+    return np.sort(np.random.default_rng(opts.seed).permutation(num_images)[:n])  # random, not "first N"
+
+
 def reference_features(data: ImageData, extractor: InceptionFeatures, opts: EvalOptions) -> np.ndarray:
-    n = min(opts.num_real, len(data))
-    idx = np.sort(np.random.default_rng(opts.seed).permutation(len(data))[:n])  # random, not "first N"
+    idx = reference_index(len(data), opts)
+    n = len(idx)
     weights = resolve_weights(opts.inception_weights)
     wkey = f"{Path(weights).name}-{Path(weights).stat().st_size}" if weights else "torch-fidelity-default"
     key = config_hash([data.fingerprint, n, opts.seed, wkey])
@@ -110,6 +119,75 @@ def memorization(samples: np.ndarray, train: ImageData, test: ImageData, out_dir
             "memorization/figure": str(figure)}
 
 
+NEIGHBOUR_ROWS = 10
+
+
+def neighbours_figure(samples: np.ndarray, train: ImageData | np.ndarray, out_dir: Path,
+                      features: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, k: int = 8,
+                      rows: int = NEIGHBOUR_ROWS) -> dict[str, Path]:
+    """Memorisation at a glance: each row a sample (uint8 N x C x H x W), then its ``k`` nearest training images.
+
+    Always by pixel L2 over all training images (``neighbours_pixel.png``); with ``features`` = (Inception features
+    of the first ``rows`` samples, of training images, those images' indices) also by Inception-feature L2
+    (``neighbours_inception.png``). The distance used is written in the figure's title."""
+
+    images = train.images if isinstance(train, ImageData) else np.asarray(train)
+    rows = min(rows, len(samples))
+    k = min(k, len(images))
+    shown = np.ascontiguousarray(samples[:rows])
+
+    def flat(a: np.ndarray) -> torch.Tensor:
+        return to_float(a, channels_last=False).reshape(len(a), -1)
+
+    out = {"pixel": _neighbour_grid(shown, images, _knn(flat(images), flat(shown), k), Path(out_dir) /
+                                    "neighbours_pixel.png",
+                                    f"{k} nearest of {len(images)} training images by pixel L2 distance")}
+    if features is not None:
+        sample_feats, train_feats, train_idx = features
+        nn = _knn(torch.from_numpy(np.asarray(train_feats)).float(),
+                  torch.from_numpy(np.asarray(sample_feats[:rows])).float(), k)
+        out["inception"] = _neighbour_grid(shown, images, np.asarray(train_idx)[nn], Path(out_dir) /
+                                           "neighbours_inception.png",
+                                           f"{k} nearest of {len(train_idx)} training images by Inception-feature "
+                                           "(pool3) L2 distance")
+    return out
+
+
+def _knn(base: torch.Tensor, queries: torch.Tensor, k: int) -> np.ndarray:
+    """(len(queries), k) indices of the nearest rows of ``base`` (exact L2), nearest first."""
+    idx = []
+    for s in range(0, len(queries), 256):
+        d = torch.cdist(queries[s:s + 256], base)
+        idx.append(d.topk(k, dim=1, largest=False).indices)
+    return torch.cat(idx).numpy()
+
+
+def _neighbour_grid(samples: np.ndarray, train: np.ndarray, nn: np.ndarray, path: Path, caption: str) -> Path:
+    """One row per sample: the sample, a gap, then its neighbours; a title band above says what is shown."""
+    k = nn.shape[1]
+    tiles = []
+    for i in range(len(samples)):
+        row = [samples[i], np.full_like(samples[i], 255)] + [train[j] for j in nn[i]]
+        tiles += row
+    grid = make_grid(to_float(np.stack(tiles), channels_last=False), nrow=k + 2, padding=2, pad_value=1.0)
+    arr = to_uint8(grid[None])[0]
+    body = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).convert("RGB")
+    scale = max(1, 64 // samples.shape[-1])  # small images (MNIST) are enlarged so that the text fits
+    body = body.resize((body.width * scale, body.height * scale), Image.Resampling.NEAREST)
+    font = ImageFont.load_default()
+    lines = ["each row: a sample | its " + caption]
+    draw = ImageDraw.Draw(body)
+    width = max(body.width, int(max(draw.textlength(line, font=font) for line in lines)) + 8)
+    figure = Image.new("RGB", (width, body.height + 16 * len(lines) + 6), "white")
+    figure.paste(body, (0, 16 * len(lines) + 6))
+    draw = ImageDraw.Draw(figure)
+    for i, line in enumerate(lines):
+        draw.text((4, 4 + 16 * i), line, fill="black", font=font)
+    buf = io.BytesIO()
+    figure.save(buf, format="png")
+    return atomic_write(Path(path), lambda p: p.write_bytes(buf.getvalue()))
+
+
 def evaluate(sampler_dir: Path | None, data_cfg: DataConfig, opts: EvalOptions, out_dir: Path,
              train_cfg: DataConfig | None = None, images: np.ndarray | None = None) -> dict:
     """Compute ``opts.metrics`` for the sampler at ``sampler_dir`` (or for saved ``images``, uint8 (N, H, W, C))
@@ -143,11 +221,11 @@ def evaluate(sampler_dir: Path | None, data_cfg: DataConfig, opts: EvalOptions, 
         raise ConfigError(f"data {data_cfg.name} has images of shape {reference.shape}, the samples have {shape}; "
                           "set data.image_size/data.channels to match")
     train = None
-    if "memorization" in opts.metrics:  # checked before any expensive work
+    if "memorization" in opts.metrics or "neighbours" in opts.metrics:  # checked before any expensive work
         if train_cfg is None:
-            raise ConfigError("memorization needs the training split (train_data)")
+            raise ConfigError("memorization and neighbours need the training split (train_data)")
         train = load_dataset(train_cfg, opts.seed)
-        if train.fingerprint == reference.fingerprint:
+        if "memorization" in opts.metrics and train.fingerprint == reference.fingerprint:
             raise ConfigError("memorization compares samples with held-out images, but the reference data is the "
                               "training set itself; use a dataset with a test split (e.g. data=mnist)")
     results: dict = {"num_samples": opts.num_samples}
@@ -161,6 +239,7 @@ def evaluate(sampler_dir: Path | None, data_cfg: DataConfig, opts: EvalOptions, 
         samples = np.ascontiguousarray(images[:opts.num_samples])
     save_grid(to_float(samples[:100]), out_dir / "samples.png")
     needs_inception = [m for m in opts.metrics if m not in NO_INCEPTION]
+    neighbour_features = None
     if needs_inception:
         extractor = InceptionFeatures(opts.inception_weights, device, opts.batch_size)
         fake = None
@@ -196,8 +275,18 @@ def evaluate(sampler_dir: Path | None, data_cfg: DataConfig, opts: EvalOptions, 
                 gauss = to_uint8(sampler.decode(gaussian_latents(latents, opts.num_samples, opts.seed)))
                 save_grid(to_float(gauss[:100]), out_dir / "glo_gaussian_samples.png")
                 results["glo_gaussian_fid"] = fid_of(extractor(gauss, opts.progress, "inception (GLO+Gaussian)"))
-    if train is not None:
+        if "neighbours" in opts.metrics:  # the Inception network is loaded anyway: a feature-distance figure too
+            assert train is not None
+            rows = min(NEIGHBOUR_ROWS, len(samples))
+            shown = fake[:rows] if fake is not None else extractor(samples[:rows], progress=False)
+            neighbour_features = (shown, reference_features(train, extractor, opts), reference_index(len(train), opts))
+    if "memorization" in opts.metrics:
+        assert train is not None
         results.update(memorization(samples.transpose(0, 3, 1, 2), train, reference, out_dir))
+    if "neighbours" in opts.metrics:
+        assert train is not None
+        figures = neighbours_figure(samples.transpose(0, 3, 1, 2), train, out_dir, features=neighbour_features)
+        results.update({f"neighbours/{kind}_figure": str(path) for kind, path in figures.items()})
     if "modes" in opts.metrics:
         if shape != (3, 28, 28):
             raise ConfigError(f"modes needs stacked-MNIST samples (3x28x28 images), not {shape}")

@@ -42,7 +42,8 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> Path
 
 
 def read_npz(path: Path) -> np.ndarray:
-    """The uint8 (N, H, W, C) array stored under ``images`` in an ``.npz`` file (as ``glann-sample`` writes it)."""
+    """The uint8 (N, H, W, C) array stored under ``images`` in an ``.npz`` file (as ``glann-sample`` writes it;
+    (N, H, W) is read as grey and (N, C, H, W) is transposed)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -53,7 +54,15 @@ def read_npz(path: Path) -> np.ndarray:
             images = z[NPZ_KEY]
     except (OSError, ValueError, EOFError) as e:
         raise DataError(f"{path} is not a readable .npz file ({e})") from None
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise DataError(f"{path}: '{NPZ_KEY}' must be uint8 (N, H, W, C) with C = 1 or 3, got {images.dtype} "
-                        f"{tuple(images.shape)}")
-    return images
+    if images.dtype != np.uint8:
+        raise DataError(f"{path}: '{NPZ_KEY}' must be uint8 (0-255), got {images.dtype}")
+    if images.ndim == 3:  # (N, H, W) grey
+        images = images[..., None]
+    elif images.ndim == 4 and images.shape[-1] not in (1, 3) and images.shape[1] in (1, 3):  # (N, C, H, W)
+        images = images.transpose(0, 2, 3, 1)
+    if images.ndim != 4 or len(images) == 0:
+        raise DataError(f"{path}: '{NPZ_KEY}' must be a non-empty (N, H, W, C) array, got shape {images.shape}")
+    if images.shape[-1] not in (1, 3):
+        raise DataError(f"{path}: '{NPZ_KEY}' has {images.shape[-1]} channels per image; glann reads 1 (grey) or 3 "
+                        "(RGB)")
+    return np.ascontiguousarray(images)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import cast
 
 import numpy as np
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
@@ -56,6 +57,8 @@ def sample(cfg: DictConfig) -> str:
     output = Path(conf.output) if conf.output else Path(HydraConfig.get().runtime.output_dir) / "samples.npz"
     check_writable(output)
     sampler = GlannSampler.from_pretrained(conf.sampler_dir, device=resolve_device(conf.device))
+    if conf.mode == "interpolate":
+        return write_interpolations(sampler, conf, output)
     images = sampler(conf.num_samples, seed=conf.seed, batch_size=conf.batch_size, output_type="np",
                      progress=True, temperature=conf.temperature).images
     path = write_samples(images, output)
@@ -64,6 +67,32 @@ def sample(cfg: DictConfig) -> str:
         grid = to_float(images[:100])
         stem = output.with_suffix("") if output.suffix == ".npz" else output
         log.info("grid: %s", save_grid(grid, stem.parent / f"{stem.name}_grid.png"))
+    return str(path)
+
+
+def interpolation_images(sampler: GlannSampler, conf: SampleConfig) -> np.ndarray:
+    """``num_pairs`` pairs of endpoints drawn from ``seed`` (noise, mapped to codes for the latent space), each
+    interpolated in ``interpolation_steps`` images: uint8 (num_pairs * steps, H, W, C), one pair after another."""
+    noise = sampler.noise(2 * conf.num_pairs, seed=conf.seed).view(conf.num_pairs, 2, -1)
+    rows = []
+    for pair in noise:
+        if conf.interpolation_space == "latent":
+            with torch.no_grad():
+                pair = sampler.mapper(pair.to(sampler.device, sampler.dtype)).float().cpu()
+        rows.append(sampler.interpolate(pair, conf.interpolation_steps, space=conf.interpolation_space,
+                                        batch_size=conf.batch_size).images)
+    return np.concatenate(rows)
+
+
+def write_interpolations(sampler: GlannSampler, conf: SampleConfig, output: Path) -> str:
+    """glann-sample mode=interpolate: the images to ``output`` and a grid with one row per pair beside it."""
+    images = interpolation_images(sampler, conf)
+    path = write_samples(images, output)
+    stem = output.with_suffix("") if output.suffix == ".npz" else output
+    grid = save_grid(to_float(images),
+                     stem.parent / f"{stem.name}_grid.png", nrow=conf.interpolation_steps)
+    log.info("wrote %d interpolations of %d steps (%s space) to %s; grid: %s", conf.num_pairs,
+             conf.interpolation_steps, conf.interpolation_space, path, grid)
     return str(path)
 
 

@@ -8,20 +8,29 @@ Classes are rebuilt from glann's fixed registry, never from a class path read fr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from tqdm import tqdm
 
 from glann import artifacts
-from glann.errors import ArtifactError
+from glann.config import LossConfig
+from glann.data import conform_images
+from glann.errors import ArtifactError, DataError
 from glann.files import read_json, write_json
-from glann.images import to_uint8
+from glann.images import to_float, to_uint8
+from glann.inversion import InversionResult, invert, nearest_decoded, slerp_path
+from glann.losses import build_loss
 from glann.nets import Generator, Mapper
 from glann.version import __version__
+
+log = logging.getLogger(__name__)
 
 COMPONENTS = ("mapper", "generator")
 
@@ -29,6 +38,7 @@ COMPONENTS = ("mapper", "generator")
 @dataclass
 class SamplerOutput:
     images: Any  # "np": uint8 (N, H, W, C); "tensor": float (N, C, H, W) in [0, 1]; "pil": list of images
+    latents: Any = None  # interpolate: the (N, latent_dim) codes decoded into ``images``
 
 
 class GlannSampler:
@@ -38,6 +48,7 @@ class GlannSampler:
                                 f"{generator.arch.latent_dim}-d ones")
         self.mapper = mapper.eval()
         self.generator = generator.eval()
+        self.loss_config: dict | None = None  # the stage-1 loss settings (LossConfig fields), used by invert
 
     @property
     def noise_dim(self) -> int:
@@ -61,14 +72,19 @@ class GlannSampler:
         self.generator.to(device=device, dtype=dtype)
         return self
 
-    def save_pretrained(self, folder: str | Path) -> Path:
+    def save_pretrained(self, folder: str | Path, loss: dict | None = None) -> Path:
+        """``loss``: the stage-1 loss settings (``dataclasses.asdict(LossConfig)``), recorded in sampler.json
+        for :meth:`invert`; default: the settings this sampler was loaded with, if any."""
         folder = Path(folder)
         for name in COMPONENTS:
             artifacts.save_network(folder / name, getattr(self, name))
-        write_json(folder / "sampler.json", {
-            "components": {name: type(getattr(self, name)).__name__ for name in COMPONENTS},
-            "noise_dim": self.noise_dim, "image_shape": list(self.image_shape), "value_range": [0, 1],
-            "glann_version": __version__})
+        meta = {"components": {name: type(getattr(self, name)).__name__ for name in COMPONENTS},
+                "noise_dim": self.noise_dim, "image_shape": list(self.image_shape), "value_range": [0, 1],
+                "glann_version": __version__}
+        loss = loss if loss is not None else self.loss_config
+        if loss is not None:
+            meta["loss"] = dict(loss)
+        write_json(folder / "sampler.json", meta)
         return folder
 
     @classmethod
@@ -87,6 +103,8 @@ class GlannSampler:
         if meta.get("noise_dim") not in (None, sampler.noise_dim):
             raise ArtifactError(f"{folder / 'sampler.json'} says noise_dim={meta['noise_dim']} but the mapper "
                                 f"takes {sampler.noise_dim}")
+        if isinstance(meta.get("loss"), dict):
+            sampler.loss_config = meta["loss"]
         return sampler
 
     def noise(self, num_samples: int, seed: int | None = 0, generator: torch.Generator | None = None):
@@ -132,4 +150,88 @@ class GlannSampler:
         if output_type == "np":
             return SamplerOutput(arr)
         return SamplerOutput([Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr])
+
+
+    def invert(self, images: Any, steps: int = 300, lr: float = 0.05, batch_size: int = 256, seed: int = 0,
+               init: str | torch.Tensor = "mapper", restarts: int = 1, candidates: int = 4096, loss: Any = None,
+               progress: bool = False) -> InversionResult:
+        """Fit one unit-norm latent code per image with the generator frozen (:func:`glann.inversion.invert`).
+
+        ``images``: float tensor (N, C, H, W) in [0, 1], or uint8 array (N, H, W, C) / (N, C, H, W); other sizes
+        and grey <-> RGB are converted as the training data was (:func:`glann.data.conform_images`). ``init``:
+        "mapper" (start each image at the closest, in pixels, of ``candidates`` decoded mapper outputs), "random"
+        (``restarts`` random codes) or a tensor of codes. ``loss``: a LossConfig or its dict; default: the
+        stage-1 loss recorded in sampler.json (lap1 defaults, with a warning, for folders without it).
+        Returns an :class:`~glann.inversion.InversionResult` on the CPU."""
+        x = self._conform(images)
+        loss_fn = self.loss_fn(loss)
+        if isinstance(init, str) and init == "mapper":
+            if candidates <= 0:
+                raise ValueError(f"candidates must be positive, got {candidates}")
+            with torch.no_grad():
+                noise = self.noise(candidates, seed=seed + 1)
+                codes = torch.cat([self.mapper(noise[s:s + batch_size].to(self.device, self.dtype)).float().cpu()
+                                   for s in range(0, candidates, batch_size)])
+            init = nearest_decoded(x, codes, self.decode(codes, batch_size), per_image=restarts)
+        return invert(self.generator, x, loss_fn, steps=steps, lr=lr, batch_size=batch_size, seed=seed, init=init,
+                      restarts=restarts, progress=progress)
+
+    def loss_fn(self, loss: Any = None) -> nn.Module:
+        """The stage-1 loss: ``loss`` (a LossConfig or its dict), else the one recorded in sampler.json."""
+        if loss is None:
+            loss = self.loss_config
+        if loss is None:
+            log.warning("this sampler folder records no stage-1 loss settings (written before glann recorded "
+                        "them): inverting with the default loss, lap1 with lap_levels=4")
+            loss = LossConfig()
+        if isinstance(loss, dict):
+            known = {f.name for f in fields(LossConfig)}
+            loss = LossConfig(**{k: v for k, v in loss.items() if k in known})
+        return build_loss(loss).to(self.device)
+
+    def _conform(self, images: Any) -> torch.Tensor:
+        """Any accepted image batch -> float (N, C, H, W) in [0, 1] of this sampler's image shape, on the CPU."""
+        c, size, _ = self.image_shape
+        if isinstance(images, torch.Tensor) and images.is_floating_point():
+            if images.ndim == 4 and tuple(images.shape[1:]) == self.image_shape:
+                return images.detach().float().cpu()
+            if images.ndim != 4:
+                raise DataError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+            images = images.detach().cpu().clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
+        arr = np.asarray(images.cpu() if isinstance(images, torch.Tensor) else images)
+        if arr.dtype != np.uint8:
+            raise DataError(f"images must be uint8 (or a float tensor in [0, 1]), got {arr.dtype}")
+        if arr.ndim == 3:  # (N, H, W) grey
+            arr = arr[:, None]
+        elif arr.ndim == 4 and not (arr.shape[1] in (1, 3) and arr.shape[-1] not in (1, 3)):
+            arr = arr.transpose(0, 3, 1, 2)  # (N, H, W, C), the .npz convention
+        return to_float(conform_images(arr, c, size), channels_last=False)
+
+    @torch.no_grad()
+    def interpolate(self, endpoints: torch.Tensor, steps: int = 8, space: str = "latent", output_type: str = "np",
+                    batch_size: int = 500) -> SamplerOutput:
+        """Spherical interpolation between consecutive endpoints, decoded: ``(K - 1) * steps`` images, one pair
+        after another (``steps`` per pair, both ends included), so a grid with ``steps`` columns has one row per
+        pair. ``space="latent"``: endpoints are latent codes (from :meth:`invert` or the mapper);
+        ``space="noise"``: endpoints are noise vectors, interpolated, then mapped. The output's ``latents`` are
+        the decoded codes."""
+        if space not in ("latent", "noise"):
+            raise ValueError(f"space must be 'latent' or 'noise', got {space!r}")
+        if output_type not in ("np", "tensor", "pil"):
+            raise ValueError(f"output_type must be 'np', 'tensor' or 'pil', got {output_type!r}")
+        endpoints = torch.as_tensor(endpoints).detach().float().cpu()
+        dim = self.generator.arch.latent_dim if space == "latent" else self.noise_dim
+        if endpoints.ndim != 2 or endpoints.shape[1] != dim:
+            raise ValueError(f"{space} endpoints must be (K, {dim}), got shape {tuple(endpoints.shape)}")
+        path = slerp_path(endpoints, steps)
+        if space == "noise":
+            path = torch.cat([self.mapper(path[s:s + batch_size].to(self.device, self.dtype)).float().cpu()
+                              for s in range(0, len(path), batch_size)])
+        images = self.decode(path, batch_size)
+        if output_type == "tensor":
+            return SamplerOutput(images, path)
+        arr = to_uint8(images)
+        if output_type == "np":
+            return SamplerOutput(arr, path)
+        return SamplerOutput([Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr], path)
 

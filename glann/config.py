@@ -107,6 +107,12 @@ class EvalOptions:
 
 
 @dataclass
+class LoggerConfig:
+    name: str = "none"  # none (stats.jsonl and PNG grids only) | tensorboard (also event files under <run>/tensorboard)
+    every_n_steps: int = 50  # the training loss is logged every N optimiser steps
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     glo: GLOConfig = field(default_factory=GLOConfig)
@@ -122,6 +128,9 @@ class TrainConfig:
     cache_dir: str | None = None  # content-addressed GLO stages shared by runs and sweep jobs; None: off
     stages: list[str] = field(default_factory=lambda: ["glo", "imle", "sampler"])
     eval: EvalOptions = field(default_factory=EvalOptions)  # metrics after training (none by default)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # The metric glann-train returns (for sweepers); auto: eval/fid when computed, else imle/nn_dist.
+    objective: str = "auto"
 
 
 @dataclass
@@ -220,6 +229,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
     if cfg.eval.metrics:
         check_eval_options(cfg.eval)
+    if cfg.logger.name not in ("none", "tensorboard"):
+        raise ConfigError(f"logger.name must be 'none' or 'tensorboard', got {cfg.logger.name!r}")
+    _positive(cfg.logger, "logger.", ["every_n_steps"])
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got {cfg.device!r}")
     return cfg
@@ -353,3 +365,4 @@ def register_configs() -> None:
     cs.store(group="imle", name="base_imle", node=IMLEConfig)
     cs.store(group="sampler", name="base_sampler", node=SamplerConfig)
     cs.store(group="eval", name="base_eval_options", node=EvalOptions)
+    cs.store(group="logger", name="base_logger", node=LoggerConfig)

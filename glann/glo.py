@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from glann.errors import ArtifactError
 from glann.losses import build_loss
 from glann.nets import Generator, GeneratorArch
 from glann.runtime import NO_STOP, StopFlag, adam
+from glann.tracking import Tracker
 from glann.training import LoopOptions, Schedule, fit
 
 log = logging.getLogger(__name__)
@@ -130,7 +132,8 @@ class GLOStage:
 
 
 def train_glo(data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Path, device: torch.device,
-              seed: int = 0, stop: StopFlag = NO_STOP, progress: bool = True, resume_key: str = "") -> dict:
+              seed: int = 0, stop: StopFlag = NO_STOP, progress: bool = True, resume_key: str = "",
+              tracker: Callable[[int], Tracker] | None = None, log_every: int = 50) -> dict:
     """Train GLO on ``data`` into ``out_dir`` (or resume it from ``out_dir/state/last.pt``).
 
     Writes ``generator/`` and ``latents.safetensors`` (the artifacts the IMLE stage reads), ``stats.jsonl`` (one row
@@ -142,7 +145,8 @@ def train_glo(data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Pa
                         checkpoint_every=cfg.checkpoint_every, checkpoint_minutes=cfg.checkpoint_minutes,
                         lr_hint="glo.lr_generator / glo.lr_latent")
     stage = GLOStage(data, cfg, loss_cfg, out_dir, device, seed)
-    return fit(stage, out_dir, schedule, LoopOptions(stop=stop, progress=progress, resume_key=resume_key))
+    return fit(stage, out_dir, schedule, LoopOptions(stop=stop, progress=progress, resume_key=resume_key,
+                                                    tracker=tracker, log_every=log_every))
 
 
 def glo_step(gen: nn.Module, latents: nn.Embedding, opt_g: torch.optim.Optimizer, opt_z: torch.optim.Optimizer,

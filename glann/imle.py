@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from glann.knn import nearest_neighbors
 from glann.matching import MatchResult, check_state, select
 from glann.nets import Mapper, MapperArch
 from glann.runtime import NO_STOP, StopFlag, adam
+from glann.tracking import Tracker
 from glann.training import LoopOptions, Schedule, fit
 
 log = logging.getLogger(__name__)
@@ -141,7 +143,7 @@ class IMLEStage:
 
 def train_imle(latents: torch.Tensor, cfg: IMLEConfig, out_dir: Path, device: torch.device, seed: int = 0,
                generator: nn.Module | None = None, stop: StopFlag = NO_STOP, progress: bool = True,
-               resume_key: str = "") -> dict:
+               resume_key: str = "", tracker: Callable[[int], Tracker] | None = None, log_every: int = 50) -> dict:
     """Train the IMLE mapper onto the data ``latents`` (N, d) in ``out_dir`` (or resume it from its checkpoint).
 
     Writes ``mapper/`` (the artifact the sampler reads), ``stats.jsonl`` (one row per round: NN distances, loss,
@@ -151,4 +153,5 @@ def train_imle(latents: torch.Tensor, cfg: IMLEConfig, out_dir: Path, device: to
     schedule = Schedule(lr_decay_every=cfg.lr_decay_every, lr_decay=cfg.lr_decay, grid_every=cfg.grid_every,
                         checkpoint_every=1, checkpoint_minutes=math.inf, lr_hint="imle.lr")
     stage = IMLEStage(latents, cfg, out_dir, device, seed, generator)
-    return fit(stage, out_dir, schedule, LoopOptions(stop=stop, progress=progress, resume_key=resume_key))
+    return fit(stage, out_dir, schedule, LoopOptions(stop=stop, progress=progress, resume_key=resume_key,
+                                                    tracker=tracker, log_every=log_every))

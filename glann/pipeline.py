@@ -35,6 +35,7 @@ from glann.imle import train_imle
 from glann.nets import Generator, Mapper
 from glann.runtime import NO_STOP, Preempted, StopFlag, resolve_device, seed_everything
 from glann.sampler import GlannSampler
+from glann.tracking import Tracker, build_tracker, flatten_hparams
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +79,22 @@ class StageSpec:
         return config_hash({"fields": fields, "inputs": (input_digest,), "seed": cfg.seed})
 
 
+def _tracker(run: Run, stage: str) -> Callable[[int], Tracker]:
+    """The stage's tracker, opened at its first step (each stage logs into its own folder: a resumed stage purges
+    the steps after its checkpoint, which must not touch another stage's series)."""
+    log_dir = run.run_dir / "tensorboard" / stage
+    return lambda step: build_tracker(run.cfg.logger.name, log_dir, purge_step=step)
+
+
 def _train_glo(run: Run, folder: Path, resume_key: str) -> dict:
     return train_glo(run.data, run.cfg.glo, run.cfg.loss, folder, run.device, run.cfg.seed, run.stop, run.progress,
-                     resume_key=resume_key)
+                     resume_key=resume_key, tracker=_tracker(run, "glo"), log_every=run.cfg.logger.every_n_steps)
 
 
 def _train_imle(run: Run, folder: Path, resume_key: str) -> dict:
     generator, latents = load_glo(run.folders["glo"], run.device)
     return train_imle(latents, run.cfg.imle, folder, run.device, run.cfg.seed, generator, run.stop, run.progress,
-                      resume_key=resume_key)
+                      resume_key=resume_key, tracker=_tracker(run, "imle"), log_every=run.cfg.logger.every_n_steps)
 
 
 STAGES = (
@@ -109,6 +117,7 @@ def run(cfg: TrainConfig, run_dir: Path, stop: StopFlag = NO_STOP, progress: boo
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
     log.info("run folder %s, device %s", run_dir, device)
+    build_tracker(cfg.logger.name, run_dir, enabled=False)  # a missing tracker package fails before any work
     data = load_dataset(cfg.data, cfg.seed)
     remove_stale_temps(run_dir, recursive=False)
     for sub in ("sampler", "eval"):
@@ -144,6 +153,8 @@ def run(cfg: TrainConfig, run_dir: Path, stop: StopFlag = NO_STOP, progress: boo
         for spec in STAGES:
             _require(ctx.folders[spec.name], digests[spec.name], spec.name)
         results.update(export_sampler(cfg, run_dir, ctx.folders, device))
+    with build_tracker(cfg.logger.name, run_dir / "tensorboard") as tracker:  # HParams: a sweep's jobs side by side
+        tracker.hparams(flatten_hparams(asdict(cfg)), {k: v for k, v in results.items() if isinstance(v, float)})
     return results
 
 
@@ -151,7 +162,7 @@ def export_sampler(cfg: TrainConfig, run_dir: Path, folders: dict[str, Path], de
     """Write the self-contained ``run_dir/sampler`` folder and ``samples.png``; evaluate it if asked."""
     sampler = GlannSampler(artifacts.load_network(folders["imle"] / "mapper", device, Mapper),
                            artifacts.load_network(folders["glo"] / "generator", device, Generator))
-    sampler_dir = sampler.save_pretrained(run_dir / "sampler")
+    sampler_dir = sampler.save_pretrained(run_dir / "sampler", loss=asdict(cfg.loss))  # inversion reuses the loss
     images = sampler(cfg.sampler.grid_size, seed=cfg.sampler.seed, batch_size=cfg.sampler.batch_size,
                      output_type="tensor").images
     grid = save_grid(images, run_dir / "samples.png")

@@ -19,14 +19,28 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from glann import pipeline
 from glann.cli import friendly_errors, run_app
 from glann.config import TrainConfig, validate
+from glann.errors import ConfigError
 from glann.files import write_json
 from glann.runtime import Preempted, StopFlag
 
 log = logging.getLogger("glann")
 
 
+def objective(conf: TrainConfig, results: dict) -> float:
+    """The number glann-train returns, for Hydra sweepers (Optuna minimises it): ``conf.objective``, or with
+    ``auto`` the eval FID when it was computed, else the final mean IMLE nearest-neighbour distance."""
+    key = conf.objective
+    if key == "auto":
+        key = "eval/fid" if "eval/fid" in results else "imle/nn_dist"
+    if key not in results:
+        raise ConfigError(f"objective={key} is not among this run's metrics ({sorted(results)}); run the stage or "
+                          "eval metric that computes it")
+    return float(results[key])
+
+
 @friendly_errors
-def train(cfg: DictConfig) -> dict:
+def train(cfg: DictConfig) -> float:
+    """Train the pipeline into the Hydra run folder; writes ``results.json`` and returns the run's objective."""
     conf = validate(cast(TrainConfig, OmegaConf.to_object(cfg)))
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with StopFlag() as stop, logging_redirect_tqdm():
@@ -37,7 +51,7 @@ def train(cfg: DictConfig) -> dict:
             sys.exit(143)
     write_json(run_dir / "results.json", results)
     log.info("done: %s", json.dumps(results, default=str))
-    return results
+    return objective(conf, results)
 
 
 def main() -> None:

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +29,7 @@ from glann import artifacts
 from glann.errors import ArtifactError, TrainingError
 from glann.images import save_grid
 from glann.runtime import NO_STOP, CheckpointTimer, Preempted, Stats, StopFlag, rng_state, set_rng_state, step_decay
+from glann.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,10 @@ class LoopOptions:
     stop: StopFlag = NO_STOP
     progress: bool = True
     resume_key: str = ""  # the settings a checkpoint must share to be resumed
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Opens the stage's experiment tracker at the first step it will write (a resumed stage drops what was logged
+    # after its checkpoint); None: stats.jsonl and grids only.
+    tracker: Callable[[int], Tracker] | None = None
+    log_every: int = 50  # optimiser steps between step-level loss points in the tracker
 
 
 def fit(stage: Stage, out_dir: Path, schedule: Schedule, opts: LoopOptions = LoopOptions()) -> dict[str, float]:
@@ -112,10 +117,23 @@ def fit(stage: Stage, out_dir: Path, schedule: Schedule, opts: LoopOptions = Loo
                                           "rng": rng_state(), "resume_key": opts.resume_key})
         timer.reset()
 
-    done_steps = sum(stage.steps_in(u) for u in range(unit)) + start_step
-    total_steps = done_steps + sum(stage.steps_in(u) for u in range(unit, stage.num_units))
-    bar = tqdm(total=total_steps, initial=done_steps, desc=stage.name, unit="step", disable=not opts.progress,
+    global_step = sum(stage.steps_in(u) for u in range(unit)) + start_step
+    total_steps = global_step + sum(stage.steps_in(u) for u in range(unit, stage.num_units))
+    bar = tqdm(total=total_steps, initial=global_step, desc=stage.name, unit="step", disable=not opts.progress,
                dynamic_ncols=True, mininterval=1.0)
+    with opts.tracker(global_step + 1) if opts.tracker else Tracker() as tracker:  # the first step it writes
+        row = _loop(stage, out_dir, schedule, opts, unit, start_step, global_step, stats, timer, checkpoint, bar,
+                    tracker)
+    bar.close()
+    stage.export()
+    return {k: v for k, v in row.items() if k.startswith(f"{stage.name}/")}
+
+
+def _loop(stage: Stage, out_dir: Path, schedule: Schedule, opts: LoopOptions, unit: int, start_step: int,
+          global_step: int, stats: Stats, timer: CheckpointTimer, checkpoint: Callable[[int, int], None], bar: tqdm,
+          tracker: Tracker) -> dict[str, float]:
+    """The units from ``unit`` (step ``start_step``) on; returns the last unit's stats row."""
+    state_path = out_dir / "state" / "last.pt"
     row: dict[str, float] = {}
     while unit < stage.num_units:
         for opt, base_lr in stage.optimizers():
@@ -132,7 +150,10 @@ def fit(stage: Stage, out_dir: Path, schedule: Schedule, opts: LoopOptions = Loo
                                     f"good checkpoint {kept} is kept. Lower {schedule.lr_hint} and re-run to resume")
             loss_sum += loss * count
             seen += count
+            global_step += 1
             bar.update(1)
+            if opts.log_every and global_step % opts.log_every == 0:
+                tracker.scalars(global_step, {f"{stage.name}/step_loss": loss})
             if opts.stop or (stage.mid_unit_checkpoints and timer.due()):
                 if stage.mid_unit_checkpoints:
                     checkpoint(unit, i + 1)
@@ -146,19 +167,19 @@ def fit(stage: Stage, out_dir: Path, schedule: Schedule, opts: LoopOptions = Loo
                f"{stage.name}/{stage.unit}_seconds": seconds}
         unit += 1
         stats.write(**row)
+        tracker.scalars(global_step, row)
         log.info("%s: %s %d/%d loss %.5f (%.1fs)", stage.name, stage.unit, unit, stage.num_units,
                  row[f"{stage.name}/loss"], seconds)
         bar.set_postfix({stage.unit: unit, "loss": f"{row[f'{stage.name}/loss']:.4f}"})
         if schedule.grid_every and (unit % schedule.grid_every == 0 or unit == stage.num_units):
             for name, (images, nrow) in stage.snapshot(unit).items():
                 save_grid(images, out_dir / "grids" / f"{name}_{unit:04d}.png", nrow=nrow)
+                tracker.images(f"{stage.name}/{name}", images, global_step)
         if unit % schedule.checkpoint_every == 0 or unit == stage.num_units or opts.stop:
             checkpoint(unit, 0)
         if opts.stop:
             raise Preempted(f"{stage.name}: stopped after {stage.unit} {unit}; state saved to {state_path}")
-    bar.close()
-    stage.export()
-    return {k: v for k, v in row.items() if k.startswith(f"{stage.name}/")}
+    return row
 
 
 def _resume(stage: Stage, state_path: Path, resume_key: str) -> tuple[int, int]:

@@ -94,3 +94,27 @@ def test_bad_logger_name_and_missing_package(tmp_path, monkeypatch):
 def test_flatten_hparams():
     assert flatten_hparams({"a": {"b": 1, "c": [1, 2]}, "d": 0.5, "e": True}) == \
         {"a.b": 1, "a.c": "[1, 2]", "d": 0.5, "e": True}
+
+
+def test_train_with_logger_tensorboard_writes_scalars_images_and_hparams_and_resumes_cleanly(tmp_path):
+    from conftest import compose_train
+
+    from glann import pipeline
+
+    cfg = compose_train("debug=tiny", "logger=tensorboard", "logger.every_n_steps=2", "glo.epochs=2")
+    pipeline.run(cfg, tmp_path, progress=False)
+    glo = read_events(tmp_path / "tensorboard" / "glo")
+    assert {"glo/loss", "glo/step_loss", "glo/images_per_s"} <= set(glo.Tags()["scalars"])
+    assert [e.step for e in glo.Scalars("glo/loss")] == [4, 8]  # epochs end at steps 4 and 8 (4 batches each)
+    assert glo.Tags()["images"] == ["glo/recon"]
+    imle = read_events(tmp_path / "tensorboard" / "imle")
+    assert "imle/nn_dist" in imle.Tags()["scalars"] and imle.Tags()["images"] == ["imle/samples"]
+    hparams, metrics = hparams_of(read_events(tmp_path / "tensorboard"))
+    assert hparams["glo.epochs"] == 2 and hparams["data.name"] == "tiny" and "imle/nn_dist" in metrics
+    # Two more GLO epochs resume from the checkpoint: the series goes on, no step twice, none out of order.
+    pipeline.run(compose_train("debug=tiny", "logger=tensorboard", "logger.every_n_steps=2", "glo.epochs=4",
+                               "stages=[glo]"), tmp_path, progress=False)
+    glo = read_events(tmp_path / "tensorboard" / "glo")
+    assert [e.step for e in glo.Scalars("glo/loss")] == [4, 8, 12, 16]
+    steps = [e.step for e in glo.Scalars("glo/step_loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == 16

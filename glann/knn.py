@@ -150,9 +150,9 @@ def torch_search_sq(database: torch.Tensor, queries: torch.Tensor,
     with _ieee_fp32_matmul():
         for s in range(0, queries.shape[0], rows):
             q = queries[s:s + rows].float()
-            d2 = torch.addmm(db_sq, q, db.T, alpha=-2.0).add_((q * q).sum(1, keepdim=True))
-            best, arg = d2.min(1)  # min returns the first minimal index
-            d2_out.append(best)
+            # |y|^2 - 2 q.y: the per-query |q|^2 does not change the argmin, so it is added to the minimum only
+            best, arg = torch.addmm(db_sq, q, db.T, alpha=-2.0).min(1)  # min returns the first minimal index
+            d2_out.append(best + (q * q).sum(1))
             idx_out.append(arg)
     return torch.cat(d2_out), torch.cat(idx_out)
 

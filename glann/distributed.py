@@ -58,13 +58,17 @@ class World:
         return self.world_size > 1
 
 
-_WORLD = World()
+_WORLD: Optional[World] = None
 _START: Optional[datetime.datetime] = None
 
 
 def current_world() -> World:
-    """The world the last ``init_world`` call set up (a single process before any call)."""
-    return _WORLD
+    """The world the last ``init_world`` call set up. Before any call: rank and world size as the environment
+    gives them (RANK, WORLD_SIZE; no process group, nothing started), so that rank 1 of a torchrun job never takes
+    itself for rank 0; a single process outside torchrun is rank 0 of 1."""
+    if _WORLD is not None:
+        return _WORLD
+    return World(rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)))
 
 
 def _env_world() -> tuple[int, int, int, int, str]:
@@ -74,15 +78,15 @@ def _env_world() -> tuple[int, int, int, int, str]:
     same variables from its job environment (SLURM's variables are never parsed here).
     """
     launcher = "none"
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        launcher = "torchrun" if "TORCHELASTIC_RUN_ID" in os.environ else "env"
-    elif os.environ.get("SUBMITIT_EXECUTOR"):
+    if os.environ.get("SUBMITIT_EXECUTOR") and "RANK" not in os.environ:
         import submitit  # the `slurm` extra (hydra-submitit-launcher) brings it
 
         if submitit.JobEnvironment().num_tasks > 1:
             # Keep CUDA_VISIBLE_DEVICES as SLURM set it: the rank picks cuda:LOCAL_RANK itself (_rank_device).
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-            launcher = "submitit"
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        launcher = ("torchrun" if "TORCHELASTIC_RUN_ID" in os.environ
+                    else "submitit" if os.environ.get("SUBMITIT_EXECUTOR") else "env")
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
@@ -139,15 +143,21 @@ def init_world(device: str = "auto", backend: str = "auto", timeout_s: float = D
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        pg_backend = "cuda:nccl,cpu:gloo" if dev.type == "cuda" and backend != "gloo" else "gloo"
-        dist.init_process_group(pg_backend, timeout=datetime.timedelta(seconds=timeout_s))
-        log.info("distributed: rank %d/%d (local %d/%d) on %s, backend %s, launcher %s", rank, world_size,
-                 local_rank, local_world_size, dev, pg_backend, launcher)
+        _start_group(dev.type == "cuda" and backend != "gloo", timeout_s)
+    log.info("distributed: rank %d/%d (local %d/%d) on %s, backend %s, launcher %s", rank, world_size, local_rank,
+             local_world_size, dev, dist.get_backend(), launcher)
     if dist.get_world_size() != world_size or dist.get_rank() != rank:  # pragma: no cover - a broken launcher
         raise RuntimeError(f"process group is rank {dist.get_rank()}/{dist.get_world_size()}, "
                            f"environment says {rank}/{world_size}")
     _WORLD = World(rank, world_size, local_rank, local_world_size, str(dist.get_backend()), dev, launcher)
     return _WORLD
+
+
+def _start_group(nccl: bool, timeout_s: float) -> None:
+    """The default process group from the env:// variables: NCCL for CUDA tensors plus gloo for CPU tensors, or
+    gloo alone. NCCL's communicators are created at the first CUDA collective, so a combined group costs nothing
+    until then (and the device is set by then: ``init_world``)."""
+    dist.init_process_group("cuda:nccl,cpu:gloo" if nccl else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
 
 
 def check_ranks(world: World, n_images: int) -> None:
@@ -168,7 +178,7 @@ def shard(n: int, world: Optional[World] = None) -> slice:
     the < N dropped images of an epoch's last batch are different ones every epoch; dropping < N of the m*n
     IMLE samples does not change matching.
     """
-    world = world or _WORLD
+    world = world or current_world()
     k = n // world.world_size
     return slice(world.rank * k, (world.rank + 1) * k)
 
@@ -179,7 +189,7 @@ def _active() -> bool:
 
 def is_main() -> bool:
     """True on rank 0 (and in a single process): the one place that asks whether to write files."""
-    return _WORLD.is_main
+    return current_world().is_main
 
 
 def barrier() -> None:
@@ -240,7 +250,7 @@ def any_rank(flag: bool) -> bool:
 def wrap_ddp(module: torch.nn.Module, world: Optional[World] = None) -> torch.nn.Module:
     """``module`` under DistributedDataParallel when there are several ranks (its gradients are then averaged
     over ranks in backward); the module itself in a single process."""
-    world = world or _WORLD
+    world = world or current_world()
     if not world.distributed:
         return module
     from torch.nn.parallel import DistributedDataParallel
@@ -261,8 +271,10 @@ def run_stamp(fmt: str = "%Y-%m-%d_%H-%M-%S") -> str:
     evaluated by each rank's own clock, which splits a torchrun job over several run folders.
 
     The first call, on every rank, fixes the start time: under torchrun (or a multi-task submitit job) it starts
-    the process group from the environment (``init_world("auto")``; a later ``init_world`` reuses it) and takes
-    rank 0's clock; in a single process it takes the local clock and makes no distributed call. Later calls make
+    the process group from the environment (NCCL+gloo where torch sees CUDA, else gloo, with the default timeout;
+    the device is not chosen here, so no GPU check runs before the config is known; a later ``init_world`` reuses
+    the group) and takes rank 0's clock; in a single process it takes the local clock and makes no distributed
+    call. Later calls make
     no collective at all (any number of them, with any format), so the function can sit behind an OmegaConf
     resolver that ranks may evaluate a different number of times, as long as every rank calls it once first,
     e.g. before ``hydra.main`` runs.
@@ -271,7 +283,9 @@ def run_stamp(fmt: str = "%Y-%m-%d_%H-%M-%S") -> str:
     if _START is None:
         start = datetime.datetime.now()
         if int(os.environ.get("WORLD_SIZE", 1)) > 1 or os.environ.get("SUBMITIT_EXECUTOR"):
-            if init_world("auto").distributed:
+            if _env_world()[1] > 1:
+                if not dist.is_initialized():
+                    _start_group(torch.cuda.is_available(), DEFAULT_TIMEOUT_S)
                 start = broadcast_object(start)
         _START = start
     return _START.strftime(fmt)
@@ -282,4 +296,4 @@ def destroy() -> None:
     global _WORLD
     if _active():
         dist.destroy_process_group()
-    _WORLD = World()
+    _WORLD = None

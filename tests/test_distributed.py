@@ -44,7 +44,7 @@ def two_ranks(tmp_path_factory) -> list[dict]:
 def clean_env(monkeypatch):
     for k in DIST_ENV:
         monkeypatch.delenv(k, raising=False)
-    monkeypatch.setattr(gd, "_WORLD", gd.World())
+    monkeypatch.setattr(gd, "_WORLD", None)
     monkeypatch.setattr(gd, "_START", None)
     return monkeypatch
 
@@ -157,6 +157,8 @@ def test_submitit_tasks_are_read_with_submitits_helper(clean_env):
                      SUBMITIT_LOCAL_LOCALID="1").items():
         clean_env.setenv(k, v)
     assert gd._env_world() == (1, 2, 1, 2, "submitit")
+    assert gd._env_world() == (1, 2, 1, 2, "submitit")  # a second call reads what the first exported
+    assert not gd.is_main()  # rank 1, before any init_world
     assert os.environ["MASTER_ADDR"] == socket.gethostname() and int(os.environ["MASTER_PORT"]) >= 20000
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         clean_env.delenv(k)

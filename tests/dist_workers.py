@@ -94,3 +94,18 @@ def worker(rank: int, port: int, out: str) -> None:
         res["t"].append((f"match{integer}", time.time()))
     torch.save(res, Path(out) / f"rank{rank}.pt")
     gd.destroy()
+
+
+def submitit_task() -> tuple:
+    """One task of a 2-task submitit job: the process group from submitit's own environment helper."""
+    import torch.distributed as dist
+
+    from glann import distributed as gd
+
+    stamp = gd.run_stamp("%H-%M-%S.%f")
+    world = gd.init_world("cpu", timeout_s=60)
+    t = torch.tensor([float(world.rank + 1)])
+    dist.all_reduce(t)
+    out = (world.rank, world.world_size, world.local_rank, world.launcher, world.backend, t.item(), stamp)
+    gd.destroy()
+    return out

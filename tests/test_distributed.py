@@ -42,8 +42,9 @@ def two_ranks(tmp_path_factory) -> list[dict]:
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for k in DIST_ENV:
-        monkeypatch.delenv(k, raising=False)
+    for k in DIST_ENV:  # setenv first: monkeypatch then restores "unset" even if the test's code sets the key
+        monkeypatch.setenv(k, "")
+        monkeypatch.delenv(k)
     monkeypatch.setattr(gd, "_WORLD", None)
     monkeypatch.setattr(gd, "_START", None)
     return monkeypatch
@@ -231,3 +232,16 @@ def test_sigterm_on_one_rank_stops_every_rank_after_saving(tmp_path, target):
     assert sorted(f.name for f in tmp_path.glob("*.saved")) == ["rank0.saved", "rank1.saved"], log
     assert log.count("saved, exit 143") == 2
     assert p.returncode == 1  # torchrun reports any non-zero worker exit (here 143) as 1
+
+
+@pytest.mark.slow
+def test_a_two_task_submitit_job_forms_one_group(tmp_path, monkeypatch):
+    """submitit's local executor runs 2 tasks: init_world takes ranks and the rendezvous address from submitit's
+    TorchDistributedEnvironment, both ranks join one gloo group and share rank 0's stamp."""
+    submitit = pytest.importorskip("submitit")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+    ex = submitit.AutoExecutor(folder=tmp_path, cluster="local")
+    ex.update_parameters(tasks_per_node=2, nodes=1, timeout_min=3)
+    results = ex.submit(W.submitit_task).results()
+    assert [r[:6] for r in results] == [(0, 2, 0, "submitit", "gloo", 3.0), (1, 2, 1, "submitit", "gloo", 3.0)]
+    assert results[0][6] == results[1][6]

@@ -32,7 +32,7 @@ def main() -> int:
     from glann import distributed as gd
     from glann.runtime import StopFlag
 
-    world = gd.init_world("cpu", timeout_s=float(os.environ.get("GLANN_DIST_TIMEOUT_S", 5)))
+    world = gd.init_world("cpu", timeout_s=float(os.environ.get("GLANN_DIST_TIMEOUT_S", "5")))
     (out / f"rank{world.rank}.pid").write_text(str(os.getpid()))
     t0 = time.monotonic()
     step = 0

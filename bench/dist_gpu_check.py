@@ -49,7 +49,7 @@ def check_search() -> None:
         for backend in (["torch", "faiss"] if knn.faiss_has_gpu_build() else ["torch"]):
             reps = 3 if n < 100_000 else 1
             d2, idx, name = knn.search_cuda(gen, lat, backend=backend)
-            s = timed(lambda: knn.search_cuda(gen, lat, backend=backend), reps)
+            s = timed(lambda g=gen, q=lat, b=backend: knn.search_cuda(g, q, backend=b), reps)
             flop = 2 * n * 2 * n * 64
             print(f"search {n} x {2 * n} d=64 with {name}: {s:.3f} s ({flop / s / 1e12:.1f} TFLOP/s of distance GEMM);"
                   f" results on {idx.device}")
@@ -137,7 +137,7 @@ def check_glo() -> None:
             x = torch.rand(60_000, 1, 28, 28, device="cuda")
             loss = Lap1Loss(4)
 
-            def step():
+            def step(batch=batch, prec=prec, gen=gen, lat=lat, og=og, oz=oz, loss=loss, x=x):
                 idx = torch.randint(0, 60_000, (batch,), device="cuda")
                 with torch.autocast("cuda", torch.bfloat16, enabled=prec == "bf16"):
                     distributed_glo_step(gen, lat, og, oz, loss, x[idx], idx)

@@ -36,7 +36,6 @@ def worker(rank: int, world_size: int, threads: int, port: int, out: str, args: 
                           WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
     torch.set_num_threads(threads)
     import faiss
-    import torch.distributed as dist
     from torch import nn
 
     from glann import distributed as gd
@@ -88,7 +87,7 @@ def worker(rank: int, world_size: int, threads: int, port: int, out: str, args: 
         t0 = sync_time()
         with torch.no_grad():
             local = mapper(noise[gd.shard(len(noise), world)])
-        idx, dist_, backend = nearest_neighbors_distributed(local, data_latents, world)
+        idx, _, _ = nearest_neighbors_distributed(local, data_latents, world)
         match_s.append(sync_time() - t0)
     res["match_s"] = match_s[-1]
     matched = noise[idx]
@@ -131,8 +130,8 @@ def main() -> None:
         for name, (ws, th) in layouts.items():
             r = run(ws, th, args)
             rows[name].append(r)
-            print(f"{name:20} | {r['glo_images_per_s']:9.0f} | {r['match_s']:10.2f} | {r['imle_steps_per_s']:12.1f} | "
-                  f"{r['imle_epoch_s']:12.2f}", flush=True)
+            print(f"{name:20} | {r['glo_images_per_s']:9.0f} | {r['match_s']:10.2f} | "
+                  f"{r['imle_steps_per_s']:12.1f} | {r['imle_epoch_s']:12.2f}", flush=True)
     med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in rows.items()}
     one, two = med["1 rank x 2 threads"], med["2 ranks x 1 thread"]
     print(f"\nmedians over {a.reps} runs; ratio = throughput of 2x1 / 1x2 (target >= 0.9)")

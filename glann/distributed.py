@@ -20,7 +20,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional, TypeVar
+from typing import Optional, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -68,7 +68,7 @@ def current_world() -> World:
     itself for rank 0; a single process outside torchrun is rank 0 of 1."""
     if _WORLD is not None:
         return _WORLD
-    return World(rank=int(os.environ.get("RANK", 0)), world_size=int(os.environ.get("WORLD_SIZE", 1)))
+    return World(rank=int(os.environ.get("RANK", "0")), world_size=int(os.environ.get("WORLD_SIZE", "1")))
 
 
 def _env_world() -> tuple[int, int, int, int, str]:
@@ -87,8 +87,8 @@ def _env_world() -> tuple[int, int, int, int, str]:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         launcher = ("torchrun" if "TORCHELASTIC_RUN_ID" in os.environ
                     else "submitit" if os.environ.get("SUBMITIT_EXECUTOR") else "env")
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
     return rank, world_size, local_rank, local_world_size, launcher
@@ -282,11 +282,11 @@ def run_stamp(fmt: str = "%Y-%m-%d_%H-%M-%S") -> str:
     global _START
     if _START is None:
         start = datetime.datetime.now()
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1 or os.environ.get("SUBMITIT_EXECUTOR"):
-            if _env_world()[1] > 1:
-                if not dist.is_initialized():
-                    _start_group(torch.cuda.is_available(), DEFAULT_TIMEOUT_S)
-                start = broadcast_object(start)
+        multi = int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.environ.get("SUBMITIT_EXECUTOR")
+        if multi and _env_world()[1] > 1:
+            if not dist.is_initialized():
+                _start_group(torch.cuda.is_available(), DEFAULT_TIMEOUT_S)
+            start = broadcast_object(start)
         _START = start
     return _START.strftime(fmt)
 

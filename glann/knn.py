@@ -164,7 +164,7 @@ def _gpu_resources(index: int):
 
 
 def _faiss_gpu_search_sq(database: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    import faiss.contrib.torch_utils  # noqa: F401  (lets faiss.knn_gpu take CUDA torch tensors, on torch's stream)
+    import faiss.contrib.torch_utils  # (lets faiss.knn_gpu take CUDA torch tensors, on torch's stream)
 
     dev = database.device.index if database.device.index is not None else torch.cuda.current_device()
     res = _gpu_resources(dev)

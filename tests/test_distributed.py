@@ -10,12 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import dist_workers as W
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import dist_workers as W
 from glann import distributed as gd
 from glann import knn
 from glann.errors import ConfigError
@@ -192,7 +192,7 @@ def test_cuda_search_is_exact_on_the_gpu(backend):
     d2, idx, name = knn.search_cuda(samples.cuda(), queries.cuda(), backend=backend)
     assert d2.is_cuda and idx.is_cuda and name == ("torch-cuda" if backend == "torch" else knn.knn_backend("cuda"))
     assert torch.equal(idx.cpu(), arg) and torch.equal(d2.cpu().double(), best)
-    idx2, dist2 = knn.nearest_neighbors(samples.cuda(), queries.cuda())
+    idx2, _ = knn.nearest_neighbors(samples.cuda(), queries.cuda())
     assert idx2.is_cuda and torch.equal(idx2.cpu(), arg)
 
 
@@ -239,7 +239,8 @@ def test_a_two_task_submitit_job_forms_one_group(tmp_path, monkeypatch):
     """submitit's local executor runs 2 tasks: init_world takes ranks and the rendezvous address from submitit's
     TorchDistributedEnvironment, both ranks join one gloo group and share rank 0's stamp."""
     submitit = pytest.importorskip("submitit")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
+    path = [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
     ex = submitit.AutoExecutor(folder=tmp_path, cluster="local")
     ex.update_parameters(tasks_per_node=2, nodes=1, timeout_min=3)
     results = ex.submit(W.submitit_task).results()

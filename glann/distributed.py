@@ -163,8 +163,8 @@ def _start_group(nccl: bool, timeout_s: float) -> None:
 def check_ranks(world: World, n_images: int) -> None:
     """Every rank needs at least one image of every global batch: more ranks than images is an error."""
     if world.world_size > n_images:
-        raise ConfigError(f"{_ranks_setting(world.launcher)}={world.world_size} ranks but the dataset has only "
-                          f"{n_images} image(s); use at most {n_images} ranks")
+        raise ConfigError(f"{world.world_size} ranks ({_ranks_setting(world.launcher)} x nodes) but the dataset has "
+                          f"only {n_images} image(s); use at most {n_images} ranks")
 
 
 def shard(n: int, world: Optional[World] = None) -> slice:

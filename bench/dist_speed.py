@@ -7,8 +7,10 @@ Lap1, RowAdam, global batch 128: 1 x 128 or 2 x 64 under DDP, latent rows all-ga
 glann.glo_dist.distributed_glo_step), IMLE matching (``--latents`` data latents, 2x samples from the default
 mapper, exact faiss search: one process searching all samples, or each rank its half and one MIN all-reduce,
 glann.knn.nearest_neighbors_distributed) and one IMLE training epoch (global batch 256, mapper under DDP).
-Each layout runs in freshly spawned processes; layouts alternate ``--reps`` times. Prints one row per run and
-the ratio 2x1 / 1x2 of the medians (throughput; 1.0 = no communication overhead).
+Each layout runs in freshly spawned processes; layouts alternate ``--reps`` times. Prints one row per run, the
+ratio 2x1 / 1x2 of the medians (throughput; 1.0 = no communication overhead), and the collectives alone
+(2 ranks, this run's sizes), which say what the communication costs even when the machine is too busy for the
+throughput ratio to mean much.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ def worker(rank: int, world_size: int, threads: int, port: int, out: str, args: 
                           WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
     torch.set_num_threads(threads)
     import faiss
+    import torch.distributed as dist
     from torch import nn
 
     from glann import distributed as gd
@@ -105,6 +108,23 @@ def worker(rank: int, world_size: int, threads: int, port: int, out: str, args: 
         opt.step()
     res["imle_epoch_s"] = sync_time() - t0
     res["imle_steps_per_s"] = -(-n // ib) / res["imle_epoch_s"]
+    if world.distributed:  # the collectives alone, at this run's sizes: ms per call (median of 10)
+        def comm_ms(fn) -> float:
+            times = []
+            for _ in range(11):
+                t = sync_time()
+                fn()
+                times.append(time.perf_counter() - t)
+            return 1000 * statistics.median(times[1:])
+        gbuf = torch.zeros(sum(p.numel() for p in gen.parameters()))
+        mbuf = torch.zeros(sum(p.numel() for p in mapper.parameters()))
+        res["comm_glo_allreduce_ms"] = comm_ms(lambda: dist.all_reduce(gbuf))
+        res["comm_glo_rows_ms"] = comm_ms(lambda: (gd.all_gather_tensor(torch.zeros(batch // 2, dtype=torch.int64)),
+                                                   gd.all_gather_tensor(torch.zeros(batch // 2, 64))))
+        res["comm_imle_allreduce_ms"] = comm_ms(lambda: dist.all_reduce(mbuf))
+        res["comm_match_min_ms"] = comm_ms(lambda: dist.all_reduce(torch.zeros(n, dtype=torch.int64),
+                                                                   op=dist.ReduceOp.MIN))
+        res["glo_params"], res["mapper_params"] = gbuf.numel(), mbuf.numel()
     if world.is_main:
         torch.save(res, Path(out) / "res.pt")
     gd.destroy()
@@ -140,6 +160,14 @@ def main() -> None:
     print(f"matching {one['match_s']:7.2f} vs {two['match_s']:7.2f} s       ratio {one['match_s'] / two['match_s']:.2f}")
     print(f"IMLE     {one['imle_steps_per_s']:7.1f} vs {two['imle_steps_per_s']:7.1f} steps/s ratio "
           f"{two['imle_steps_per_s'] / one['imle_steps_per_s']:.2f}")
+    print(f"\ncollectives alone on 2 ranks (ms per call, medians): generator gradient all-reduce "
+          f"({two['glo_params'] / 1e6:.1f}M floats) {two['comm_glo_allreduce_ms']:.1f}; latent rows + gradients "
+          f"all-gather {two['comm_glo_rows_ms']:.2f}; mapper all-reduce ({two['mapper_params'] / 1e3:.0f}k floats) "
+          f"{two['comm_imle_allreduce_ms']:.2f}; matching MIN all-reduce ({a.latents} int64) "
+          f"{two['comm_match_min_ms']:.2f}")
+    glo_step_ms = 1000 * 128 / one["glo_images_per_s"]
+    print(f"GLO: the gradient all-reduce is {two['comm_glo_allreduce_ms'] / glo_step_ms:.0%} of one 1x2 step "
+          f"({glo_step_ms:.0f} ms)")
 
 
 if __name__ == "__main__":

@@ -253,6 +253,7 @@ def wrap_ddp(module: torch.nn.Module, world: World | None = None) -> torch.nn.Mo
     world = world or current_world()
     if not world.distributed:
         return module
+    # Imported here: DistributedDataParallel pulls in torch._dynamo (seconds), which single-process runs never need.
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [world.device.index] if world.device.type == "cuda" else None
@@ -261,9 +262,10 @@ def wrap_ddp(module: torch.nn.Module, world: World | None = None) -> torch.nn.Mo
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     """The module inside a DDP wrapper (what is saved), or the module itself."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    return module.module if isinstance(module, DistributedDataParallel) else module
+    inner = getattr(module, "module", None)
+    if type(module).__name__ == "DistributedDataParallel" and isinstance(inner, torch.nn.Module):
+        return inner
+    return module
 
 
 def run_stamp(fmt: str = "%Y-%m-%d_%H-%M-%S") -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from glann.nets import Generator
 
@@ -104,8 +105,6 @@ def invert(generator: Generator, images: torch.Tensor, loss_fn: Callable[[torch.
     was_training = generator.training
     grad_flags = [p.requires_grad for p in generator.parameters()]
     generator.eval().requires_grad_(False)
-    from tqdm import tqdm
-
     latents, losses, recons = [], [], []
     num_batches = math.ceil(n / batch_size)
     bar = tqdm(total=num_batches * steps, desc="invert", unit="step", disable=not progress, dynamic_ncols=True,

@@ -4,15 +4,15 @@ from __future__ import annotations
 import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
+from glann import distributed as gd
+from glann.distributed import World
 from glann.errors import ConfigError
-
-if TYPE_CHECKING:
-    from glann.distributed import World
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,9 @@ def nearest_neighbors(database: torch.Tensor, queries: torch.Tensor, device: str
         if on_gpu:
             index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
         index.add(db)
-        dist2, idx = index.search(q, 1) if on_gpu else search_cpu(index, q)
-        return torch.from_numpy(idx[:, 0].astype(np.int64)), torch.from_numpy(np.sqrt(np.maximum(dist2[:, 0], 0)))
+        d2_np, idx_np = index.search(q, 1) if on_gpu else search_cpu(index, q)
+        return (torch.from_numpy(idx_np[:, 0].astype(np.int64)),
+                torch.from_numpy(np.sqrt(np.maximum(d2_np[:, 0], 0))))
     return _torch_nn(database, queries, "cuda" if want_gpu and torch.cuda.is_available() else "cpu", chunk)
 
 
@@ -261,8 +262,6 @@ def nearest_neighbors_distributed(generated_local: torch.Tensor, latents: torch.
     each other (~1e-6 relative), as faiss's own results do between thread counts; clamping makes candidates with
     negative squared distances tie at 0 (then the lowest index wins, where faiss alone takes the most negative).
     """
-    from glann import distributed as gd
-
     world = world or gd.current_world()
     if generated_local.ndim != 2 or latents.ndim != 2 or generated_local.shape[1] != latents.shape[1]:
         raise ValueError(f"need 2-D arrays of equal width, got {tuple(generated_local.shape)} and "
@@ -291,10 +290,6 @@ def nearest_neighbors_distributed(generated_local: torch.Tensor, latents: torch.
 
 
 def _all_reduce_min(t: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
-
-    from glann import distributed as gd
-
     stage = t.is_cuda and not gd._has_nccl()
     out = (t.cpu() if stage else t).clone()
     dist.all_reduce(out, op=dist.ReduceOp.MIN)

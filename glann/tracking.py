@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torchvision.utils import make_grid
 
 from glann.errors import ConfigError
 
@@ -91,6 +92,7 @@ class TensorBoardTracker(Tracker):
 
     def __init__(self, log_dir: str | Path, purge_step: int | None = None, flush_secs: int = 30):
         _require_tensorboard()
+        # Imported here: tensorboard is an optional dependency (the `tensorboard` extra).
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = Path(log_dir)
@@ -107,8 +109,6 @@ class TensorBoardTracker(Tracker):
         self._last_step = max(self._last_step, int(step))
 
     def images(self, tag: str, images: torch.Tensor, step: int) -> None:
-        from torchvision.utils import make_grid
-
         images = images.detach().float().cpu().clamp(0, 1)
         if images.ndim != 4:
             raise ValueError(f"images for {tag!r} must be (N, C, H, W), got shape {tuple(images.shape)}")

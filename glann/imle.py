@@ -18,7 +18,7 @@ from torch import nn
 
 from glann import artifacts
 from glann.config import IMLEConfig
-from glann.knn import nearest_neighbors
+from glann.knn import knn_backend, nearest_neighbors
 from glann.matching import MatchResult, check_state, select
 from glann.nets import Mapper, MapperArch
 from glann.runtime import NO_STOP, StopFlag, adam
@@ -47,6 +47,15 @@ def matching_round(mapper: nn.Module, latents: torch.Tensor, num_samples: int, n
     return noise[idx], dist
 
 
+def match_device(knn_device: str, device: torch.device) -> torch.device:
+    """Where the matching search runs: on the training GPU unless ``imle.knn_device=cpu`` (or cuda asked for)."""
+    if knn_device == "cpu":
+        return torch.device("cpu")
+    if knn_device.startswith("cuda"):
+        return torch.device(knn_device)
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
 def select_round(mapper: nn.Module, latents: torch.Tensor, cfg: IMLEConfig, rnd: int, rng: torch.Generator,
                  device: torch.device, state: dict) -> tuple[MatchResult, dict]:
     """One round's matching under ``cfg.matching``: draw m*N noise from ``rng``, map it, and pick for each data
@@ -55,7 +64,9 @@ def select_round(mapper: nn.Module, latents: torch.Tensor, cfg: IMLEConfig, rnd:
     noise = torch.randn(cfg.samples_per_latent * n, cfg.noise_dim, generator=rng)
     generated = map_noise(mapper, noise, device)
     if cfg.matching == "nearest":  # the classic rule, through the knn device the config names
-        idx, dist = nearest_neighbors(generated, latents, device=cfg.knn_device)
+        search_on = match_device(cfg.knn_device, device)
+        idx, dist = nearest_neighbors(generated.to(search_on), latents.to(search_on), device=cfg.knn_device)
+        idx, dist = idx.cpu(), dist.cpu()
         return MatchResult(idx, dist, noise[idx], {}), {}
     current = map_noise(mapper, state["noise"], device) if cfg.matching == "adaptive" and state else None
     return select(cfg.matching, generated, latents, noise, state=state, rnd=rnd, current=current,
@@ -80,6 +91,9 @@ class IMLEStage:
         self.grid_noise = torch.randn(64, cfg.noise_dim, generator=torch.Generator().manual_seed(seed + 17))
         self.target = self.latents.to(device)
         self.batches_per_epoch = math.ceil(n / cfg.batch_size)
+        if cfg.matching == "nearest":
+            log.info("imle: exact nearest-neighbour matching with %s",
+                     knn_backend(match_device(cfg.knn_device, device)))
         self.match_state: dict = {}  # the matching rule's state across rounds (adaptive: radii, matched noise)
 
     def optimizers(self) -> list[tuple[torch.optim.Optimizer, float]]:

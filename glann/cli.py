@@ -14,6 +14,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from glann.config import register_configs
+from glann.distributed import run_stamp
 from glann.errors import GlannError
 from glann.files import writable_problem
 
@@ -37,11 +38,14 @@ def setup() -> None:
     register_configs()
     if not OmegaConf.has_resolver("glann_run_dir"):
         OmegaConf.register_new_resolver("glann_run_dir", _run_dir)
+    if not OmegaConf.has_resolver("glann_now"):  # ${now:} with one start time for all ranks of a torchrun job
+        OmegaConf.register_new_resolver("glann_now", run_stamp, use_cache=True)
 
 
 def run_app(config_name: str, task: Callable) -> None:
     """Entry point shared by the apps: register schemas, check the output folder, hand over to Hydra."""
     setup()
+    run_stamp()  # under torchrun: starts the process group and agrees on the run folder's time stamp
     check_output_dirs(sys.argv[1:])
     hydra.main(version_base="1.3", config_path=config_dir(), config_name=config_name)(task)()
 

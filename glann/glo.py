@@ -16,9 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from glann import artifacts
+from glann import distributed as gd
 from glann.config import GLOConfig, LossConfig
 from glann.data import ImageData
+from glann.distributed import World
 from glann.errors import ArtifactError
+from glann.glo_dist import distributed_glo_step
 from glann.losses import build_loss
 from glann.nets import Generator, GeneratorArch
 from glann.runtime import NO_STOP, StopFlag, adam
@@ -55,25 +58,30 @@ class GLOStage:
     name, unit, count_key, mid_unit_checkpoints = "glo", "epoch", "epochs", True
 
     def __init__(self, data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Path, device: torch.device,
-                 seed: int = 0):
+                 seed: int = 0, world: World | None = None):
         self.data, self.cfg, self.out_dir, self.device, self.seed = data, cfg, Path(out_dir), device, seed
+        self.world = world or World(device=device)
         self.num_units = cfg.epochs
         n = len(data)
         torch.manual_seed(seed)  # the init must not depend on what ran before in this process
-        self.gen = Generator(GeneratorArch.of(cfg.generator, cfg.latent_dim, data.shape)).to(device)
+        self.net = Generator(GeneratorArch.of(cfg.generator, cfg.latent_dim, data.shape)).to(device)
+        self.gen = gd.wrap_ddp(self.net, self.world)  # itself with one rank
         self.latents = nn.Embedding(n, cfg.latent_dim, sparse=True).to(device)
         self.opt_g = adam(self.gen.parameters(), lr=cfg.lr_generator, betas=(cfg.beta1, cfg.beta2))
         self.opt_z = (RowAdam if cfg.latent_optimizer == "row_adam" else torch.optim.SparseAdam)(
             self.latents.parameters(), lr=cfg.lr_latent, betas=(cfg.beta1, cfg.beta2))
         self.loss_fn = build_loss(loss_cfg).to(device)
-        self.batches_per_epoch = math.ceil(n / cfg.batch_size)
+        # One step is a global batch of batch_size images per rank; with several ranks the last, partial global
+        # batch of an epoch is dropped (equal work per rank; a new permutation each epoch drops other images).
+        ranks = self.world.world_size
+        self.batches_per_epoch = math.ceil(n / cfg.batch_size) if ranks == 1 else n // (cfg.batch_size * ranks)
         self.grid_idx = torch.arange(min(32, n))
 
     def optimizers(self) -> list[tuple[torch.optim.Optimizer, float]]:
         return [(self.opt_g, self.cfg.lr_generator), (self.opt_z, self.cfg.lr_latent)]
 
     def state_dict(self) -> dict:
-        return {"generator": self.gen.state_dict(), "latents": self.latents.weight.detach(),
+        return {"generator": self.net.state_dict(), "latents": self.latents.weight.detach(),
                 "opt_g": self.opt_g.state_dict(), "opt_z": self.opt_z.state_dict(), "num_images": len(self.data)}
 
     def load_state_dict(self, state: dict) -> None:
@@ -82,7 +90,7 @@ class GLOStage:
             raise ArtifactError(f"checkpoint {self.out_dir / 'state'} is from an incompatible config (latents "
                                 f"{tuple(state['latents'].shape)}, need {(n, dim)}); delete it or use another run "
                                 "directory")
-        self.gen.load_state_dict(state["generator"])
+        self.net.load_state_dict(state["generator"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_z.load_state_dict(state["opt_z"])
         with torch.no_grad():
@@ -101,11 +109,17 @@ class GLOStage:
         self.t0, self.seen = time.perf_counter(), 0
 
     def step(self, unit: int, i: int) -> tuple[float, int]:
-        idx = self.perm[i * self.cfg.batch_size:(i + 1) * self.cfg.batch_size]
+        b, ranks = self.cfg.batch_size, self.world.world_size
+        idx = self.perm[i * b * ranks:(i + 1) * b * ranks][gd.shard(b * ranks, self.world)] if ranks > 1 else \
+            self.perm[i * b:(i + 1) * b]
         if len(idx) < 2 and self.cfg.generator.batch_norm:  # BatchNorm cannot train on one image
             return 0.0, 0
-        loss = glo_step(self.gen, self.latents, self.opt_g, self.opt_z, self.loss_fn,
-                        self.data.batch(idx, self.device), idx.to(self.device))
+        x = self.data.batch(idx, self.device)
+        if ranks > 1:
+            loss = distributed_glo_step(self.gen, self.latents, self.opt_g, self.opt_z, self.loss_fn, x,
+                                        idx.to(self.device), self.world)
+        else:
+            loss = glo_step(self.gen, self.latents, self.opt_g, self.opt_z, self.loss_fn, x, idx.to(self.device))
         self.seen += len(idx)
         return loss, len(idx)
 
@@ -116,24 +130,24 @@ class GLOStage:
     @torch.no_grad()
     def snapshot(self, unit: int) -> dict[str, tuple[torch.Tensor, int]]:
         """Rows alternate: real images, then their reconstructions."""
-        was_training = self.gen.training
-        self.gen.eval()
+        was_training = self.net.training
+        self.net.eval()
         real = self.data.batch(self.grid_idx, self.device)
-        recon = self.gen(self.latents.weight[self.grid_idx.to(self.device)])
-        self.gen.train(was_training)
+        recon = self.net(self.latents.weight[self.grid_idx.to(self.device)])
+        self.net.train(was_training)
         per_row = 8
         rows = [t for s in range(0, len(real), per_row) for t in (real[s:s + per_row], recon[s:s + per_row])]
         return {"recon": (torch.cat(rows), per_row)}
 
     def export(self) -> None:
-        recalibrate_batchnorm(self.gen, self.latents.weight.detach(), self.cfg.batch_size)
-        artifacts.save_network(self.out_dir / "generator", self.gen)
+        recalibrate_batchnorm(self.net, self.latents.weight.detach(), self.cfg.batch_size)
+        artifacts.save_network(self.out_dir / "generator", self.net)
         artifacts.save_tensors(self.out_dir / "latents.safetensors", {"latents": self.latents.weight.detach()})
 
 
 def train_glo(data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Path, device: torch.device,
               seed: int = 0, stop: StopFlag = NO_STOP, progress: bool = True, resume_key: str = "",
-              tracker: Callable[[int], Tracker] | None = None, log_every: int = 50) -> dict:
+              tracker: Callable[[int], Tracker] | None = None, log_every: int = 50, world: World | None = None) -> dict:
     """Train GLO on ``data`` into ``out_dir`` (or resume it from ``out_dir/state/last.pt``).
 
     Writes ``generator/`` and ``latents.safetensors`` (the artifacts the IMLE stage reads), ``stats.jsonl`` (one row
@@ -144,9 +158,9 @@ def train_glo(data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Pa
     schedule = Schedule(lr_decay_every=cfg.lr_decay_every, lr_decay=cfg.lr_decay, grid_every=cfg.grid_every,
                         checkpoint_every=cfg.checkpoint_every, checkpoint_minutes=cfg.checkpoint_minutes,
                         lr_hint="glo.lr_generator / glo.lr_latent")
-    stage = GLOStage(data, cfg, loss_cfg, out_dir, device, seed)
+    stage = GLOStage(data, cfg, loss_cfg, out_dir, device, seed, world)
     return fit(stage, out_dir, schedule, LoopOptions(stop=stop, progress=progress, resume_key=resume_key,
-                                                    tracker=tracker, log_every=log_every))
+                                                    tracker=tracker, log_every=log_every, world=stage.world))
 
 
 def glo_step(gen: nn.Module, latents: nn.Embedding, opt_g: torch.optim.Optimizer, opt_z: torch.optim.Optimizer,

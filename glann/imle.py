@@ -17,8 +17,11 @@ import torch
 from torch import nn
 
 from glann import artifacts
+from glann import distributed as gd
 from glann.config import IMLEConfig
-from glann.knn import knn_backend, nearest_neighbors
+from glann.distributed import World
+from glann.errors import ConfigError
+from glann.knn import knn_backend, nearest_neighbors, nearest_neighbors_distributed
 from glann.matching import MatchResult, check_state, select
 from glann.nets import Mapper, MapperArch
 from glann.runtime import NO_STOP, StopFlag, adam
@@ -80,17 +83,23 @@ class IMLEStage:
     name, unit, count_key, mid_unit_checkpoints = "imle", "round", "rounds", False  # a stopped round restarts
 
     def __init__(self, latents: torch.Tensor, cfg: IMLEConfig, out_dir: Path, device: torch.device, seed: int = 0,
-                 generator: nn.Module | None = None):
+                 generator: nn.Module | None = None, world: World | None = None):
         self.latents = latents.float().cpu()
         self.cfg, self.out_dir, self.device, self.seed, self.generator = cfg, Path(out_dir), device, seed, generator
+        self.world = world or World(device=device)
+        if self.world.distributed and cfg.matching != "nearest":
+            raise ConfigError(f"imle.matching={cfg.matching} runs on one process only so far; use imle.matching="
+                              "nearest with several ranks")
         self.num_units = cfg.rounds
         n, dim = self.latents.shape
         torch.manual_seed(seed + 1)  # the init must not depend on whether GLO ran in this process
-        self.mapper = Mapper(MapperArch.of(cfg.mapper, cfg.noise_dim, dim)).to(device)
+        self.net = Mapper(MapperArch.of(cfg.mapper, cfg.noise_dim, dim)).to(device)
+        self.mapper = gd.wrap_ddp(self.net, self.world)  # itself with one rank
         self.opt = adam(self.mapper.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         self.grid_noise = torch.randn(64, cfg.noise_dim, generator=torch.Generator().manual_seed(seed + 17))
         self.target = self.latents.to(device)
-        self.batches_per_epoch = math.ceil(n / cfg.batch_size)
+        ranks = self.world.world_size  # several ranks: global batches of batch_size per rank, remainder dropped
+        self.batches_per_epoch = math.ceil(n / cfg.batch_size) if ranks == 1 else n // (cfg.batch_size * ranks)
         if cfg.matching == "nearest":
             log.info("imle: exact nearest-neighbour matching with %s",
                      knn_backend(match_device(cfg.knn_device, device)))
@@ -100,11 +109,11 @@ class IMLEStage:
         return [(self.opt, self.cfg.lr)]
 
     def state_dict(self) -> dict:
-        return {"mapper": self.mapper.state_dict(), "opt": self.opt.state_dict(), "matching": self.cfg.matching,
+        return {"mapper": self.net.state_dict(), "opt": self.opt.state_dict(), "matching": self.cfg.matching,
                 "match_state": self.match_state}
 
     def load_state_dict(self, state: dict) -> None:
-        self.mapper.load_state_dict(state["mapper"])
+        self.net.load_state_dict(state["mapper"])
         self.opt.load_state_dict(state["opt"])
         self.match_state = state.get("match_state", {})
         if self.cfg.matching == "adaptive":
@@ -120,8 +129,11 @@ class IMLEStage:
         n, cfg = len(self.latents), self.cfg
         rng = torch.Generator().manual_seed(self.seed * 100003 + unit)
         t0 = time.perf_counter()
-        result, self.match_state = select_round(self.mapper, self.latents, cfg, unit, rng, self.device,
-                                                self.match_state)
+        if self.world.distributed:  # each rank maps its share of the m*n noise; the search stays exact and global
+            result = self._match_sharded(rng)
+        else:
+            result, self.match_state = select_round(self.net, self.latents, cfg, unit, rng, self.device,
+                                                    self.match_state)
         self.match_seconds = time.perf_counter() - t0
         assert result.noise is not None
         self.dist, self.match_stats = result.distance, result.stats
@@ -129,12 +141,25 @@ class IMLEStage:
         self.perms = [torch.randperm(n, generator=rng).to(self.device) for _ in range(cfg.epochs_per_round)]
         self.mapper.train()
 
+    def _match_sharded(self, rng: torch.Generator) -> MatchResult:
+        n, cfg = len(self.latents), self.cfg
+        noise = torch.randn(cfg.samples_per_latent * n, cfg.noise_dim, generator=rng)  # the same on every rank
+        mine = gd.shard(len(noise), self.world)
+        generated = map_noise(self.net, noise[mine], self.device).to(self.device)
+        # Global sample indices: the ranks' shares are consecutive from 0, so index i is noise[i].
+        idx, dist, _ = nearest_neighbors_distributed(generated, self.latents.to(self.device), self.world)
+        idx = idx.cpu()
+        return MatchResult(idx, dist.cpu(), noise[idx], {})
+
     def step(self, unit: int, i: int) -> tuple[float, int]:
         epoch, b = divmod(i, self.batches_per_epoch)
-        idx = self.perms[epoch][b * self.cfg.batch_size:(b + 1) * self.cfg.batch_size]
+        bs, ranks = self.cfg.batch_size, self.world.world_size
+        idx = self.perms[epoch][b * bs * ranks:(b + 1) * bs * ranks][gd.shard(bs * ranks, self.world)] if ranks > 1 \
+            else self.perms[epoch][b * bs:(b + 1) * bs]
         loss = (self.mapper(self.matched[idx]) - self.target[idx]).pow(2).sum(1).mean()
-        if not torch.isfinite(loss):
-            return loss.item(), len(idx)
+        check = gd.all_reduce_mean(loss.detach()) if ranks > 1 else loss  # every rank stops on a NaN together
+        if not torch.isfinite(check):
+            return check.item(), len(idx)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -149,15 +174,16 @@ class IMLEStage:
     def snapshot(self, unit: int) -> dict[str, tuple[torch.Tensor, int]]:
         if self.generator is None:
             return {}
-        return {"samples": (self.generator(map_noise(self.mapper, self.grid_noise, self.device).to(self.device)), 8)}
+        return {"samples": (self.generator(map_noise(self.net, self.grid_noise, self.device).to(self.device)), 8)}
 
     def export(self) -> None:
-        artifacts.save_network(self.out_dir / "mapper", self.mapper.eval())
+        artifacts.save_network(self.out_dir / "mapper", self.net.eval())
 
 
 def train_imle(latents: torch.Tensor, cfg: IMLEConfig, out_dir: Path, device: torch.device, seed: int = 0,
                generator: nn.Module | None = None, stop: StopFlag = NO_STOP, progress: bool = True,
-               resume_key: str = "", tracker: Callable[[int], Tracker] | None = None, log_every: int = 50) -> dict:
+               resume_key: str = "", tracker: Callable[[int], Tracker] | None = None, log_every: int = 50,
+               world: World | None = None) -> dict:
     """Train the IMLE mapper onto the data ``latents`` (N, d) in ``out_dir`` (or resume it from its checkpoint).
 
     Writes ``mapper/`` (the artifact the sampler reads), ``stats.jsonl`` (one row per round: NN distances, loss,
@@ -166,6 +192,6 @@ def train_imle(latents: torch.Tensor, cfg: IMLEConfig, out_dir: Path, device: to
     """
     schedule = Schedule(lr_decay_every=cfg.lr_decay_every, lr_decay=cfg.lr_decay, grid_every=cfg.grid_every,
                         checkpoint_every=1, checkpoint_minutes=math.inf, lr_hint="imle.lr")
-    stage = IMLEStage(latents, cfg, out_dir, device, seed, generator)
+    stage = IMLEStage(latents, cfg, out_dir, device, seed, generator, world)
     return fit(stage, out_dir, schedule, LoopOptions(stop=stop, progress=progress, resume_key=resume_key,
-                                                    tracker=tracker, log_every=log_every))
+                                                    tracker=tracker, log_every=log_every, world=stage.world))

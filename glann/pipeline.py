@@ -24,8 +24,10 @@ import torch
 from filelock import FileLock, Timeout
 
 from glann import artifacts, version
+from glann import distributed as gd
 from glann.config import TrainConfig
 from glann.data import TORCHVISION_SETS, ImageData, load_dataset
+from glann.distributed import World, check_ranks, init_world
 from glann.errors import ArtifactError
 from glann.evaluate import evaluate
 from glann.files import config_hash, remove_stale_temps
@@ -33,7 +35,7 @@ from glann.glo import load_glo, train_glo
 from glann.images import save_grid
 from glann.imle import train_imle
 from glann.nets import Generator, Mapper
-from glann.runtime import NO_STOP, Preempted, StopFlag, resolve_device, seed_everything
+from glann.runtime import NO_STOP, Preempted, StopFlag, seed_everything
 from glann.sampler import GlannSampler
 from glann.tracking import Tracker, build_tracker, flatten_hparams
 
@@ -51,6 +53,7 @@ class Run:
     stop: StopFlag
     progress: bool
     folders: dict[str, Path]  # finished or current stage folders, by stage name
+    world: World  # this process's rank (torchrun / submitit); rank 0 writes every file
 
 
 @dataclass(frozen=True)
@@ -88,13 +91,15 @@ def _tracker(run: Run, stage: str) -> Callable[[int], Tracker]:
 
 def _train_glo(run: Run, folder: Path, resume_key: str) -> dict:
     return train_glo(run.data, run.cfg.glo, run.cfg.loss, folder, run.device, run.cfg.seed, run.stop, run.progress,
-                     resume_key=resume_key, tracker=_tracker(run, "glo"), log_every=run.cfg.logger.every_n_steps)
+                     resume_key=resume_key, tracker=_tracker(run, "glo"), log_every=run.cfg.logger.every_n_steps,
+                     world=run.world)
 
 
 def _train_imle(run: Run, folder: Path, resume_key: str) -> dict:
     generator, latents = load_glo(run.folders["glo"], run.device)
     return train_imle(latents, run.cfg.imle, folder, run.device, run.cfg.seed, generator, run.stop, run.progress,
-                      resume_key=resume_key, tracker=_tracker(run, "imle"), log_every=run.cfg.logger.every_n_steps)
+                      resume_key=resume_key, tracker=_tracker(run, "imle"), log_every=run.cfg.logger.every_n_steps,
+                      world=run.world)
 
 
 STAGES = (
@@ -110,29 +115,45 @@ def run(cfg: TrainConfig, run_dir: Path, stop: StopFlag = NO_STOP, progress: boo
 
     Returns the metrics of every stage (``glo/*``, ``imle/*``, ``eval/*``) and ``sampler_dir``. Raises
     :class:`~glann.runtime.Preempted` when ``stop`` is set (state saved; re-run to resume).
+
+    Under torchrun (or a multi-task submitit job) every rank calls this with the same ``run_dir``: all ranks train
+    (GLO and IMLE under DDP, see :mod:`glann.glo_dist` and ``glann.knn.nearest_neighbors_distributed``), rank 0
+    alone writes files, and the others wait for its artifacts before they read them.
     """
     run_dir = Path(run_dir)
     seed_everything(cfg.seed, cfg.deterministic)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    device = resolve_device(cfg.device)
-    log.info("run folder %s, device %s", run_dir, device)
+    world = init_world(cfg.device)
+    device = world.device
+    main = world.is_main
+    log.info("run folder %s, device %s%s", run_dir, device,
+             f", rank {world.rank} of {world.world_size}" if world.distributed else "")
     build_tracker(cfg.logger.name, run_dir, enabled=False)  # a missing tracker package fails before any work
     data = load_dataset(cfg.data, cfg.seed)
-    remove_stale_temps(run_dir, recursive=False)
-    for sub in ("sampler", "eval"):
-        remove_stale_temps(run_dir / sub)
-    ctx = Run(cfg, run_dir, data, device, stop, progress, folders={})
+    check_ranks(world, len(data))
+    if main:
+        remove_stale_temps(run_dir, recursive=False)
+        for sub in ("sampler", "eval"):
+            remove_stale_temps(run_dir / sub)
+    ctx = Run(cfg, run_dir, data, device, stop, progress, folders={}, world=world)
     results: dict = {}
     digests = {"data": data.fingerprint}
     for spec in STAGES:
         shared = spec.shareable and bool(cfg.cache_dir)
         digest = digests[spec.name] = spec.digest(cfg, digests[spec.input], shared)
-        folder = ctx.folders[spec.name] = stage_folder(run_dir, spec.name, digest, cfg.cache_dir if shared else None)
+        # Rank 0 makes the folder (and the cache link); every rank then uses the path it made.
+        made = stage_folder(run_dir, spec.name, digest, cfg.cache_dir if shared else None) if main else None
+        folder = gd.broadcast_object(made)
+        assert folder is not None
+        ctx.folders[spec.name] = folder
         if spec.name not in cfg.stages:
             continue
-        with _acquire(FileLock(str(folder) + ".lock"), stop, folder) if shared else nullcontext():
-            remove_stale_temps(folder)
+        # Rank 0 holds the cache lock for the job; the other ranks wait for it at the barrier.
+        with _acquire(FileLock(str(folder) + ".lock"), stop, folder) if shared and main else nullcontext():
+            gd.barrier()
+            if main:
+                remove_stale_temps(folder)
             manifest = artifacts.completed(folder, digest)
             if manifest:
                 log.info("%s: reusing finished stage %s (config hash %s)", spec.name, folder, digest)
@@ -146,15 +167,19 @@ def run(cfg: TrainConfig, run_dir: Path, stop: StopFlag = NO_STOP, progress: boo
             inputs = ({"data": data.fingerprint, "data_name": data.name} if spec.input == "data" else
                       {spec.input: str(ctx.folders[spec.input]), f"{spec.input}_hash": digests[spec.input]})
             shape = {"num_images": len(data), "image_shape": list(data.shape)} if spec.input == "data" else {}
-            artifacts.write_manifest(folder, digest, inputs, **shape, seconds=round(time.time() - t0, 1),
-                                     metrics=_own(spec.name, metrics))
+            if main:
+                artifacts.write_manifest(folder, digest, inputs, **shape, seconds=round(time.time() - t0, 1),
+                                         world_size=world.world_size, metrics=_own(spec.name, metrics))
+            gd.barrier()
 
-    if "sampler" in cfg.stages:
+    if "sampler" in cfg.stages and main:  # export and evaluation: rank 0 alone
         for spec in STAGES:
             _require(ctx.folders[spec.name], digests[spec.name], spec.name)
         results.update(export_sampler(cfg, run_dir, ctx.folders, device))
-    with build_tracker(cfg.logger.name, run_dir / "tensorboard") as tracker:  # HParams: a sweep's jobs side by side
-        tracker.hparams(flatten_hparams(asdict(cfg)), {k: v for k, v in results.items() if isinstance(v, float)})
+    if main:
+        with build_tracker(cfg.logger.name, run_dir / "tensorboard") as tracker:  # HParams: sweep jobs side by side
+            tracker.hparams(flatten_hparams(asdict(cfg)), {k: v for k, v in results.items() if isinstance(v, float)})
+    gd.barrier()
     return results
 
 

@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from glann import distributed as gd
 from glann import pipeline
 from glann.cli import friendly_errors, run_app
 from glann.config import TrainConfig, validate
@@ -49,8 +50,10 @@ def train(cfg: DictConfig) -> float:
         except Preempted as e:
             log.warning("%s. Re-run the same command (or resume_dir=%s) to continue.", e, run_dir)
             sys.exit(143)
-    write_json(run_dir / "results.json", results)
-    log.info("done: %s", json.dumps(results, default=str))
+    if gd.is_main():
+        write_json(run_dir / "results.json", results)
+        log.info("done: %s", json.dumps(results, default=str))
+    gd.destroy()
     return objective(conf, results)
 
 

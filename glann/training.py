@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,6 +26,8 @@ import torch
 from tqdm import tqdm
 
 from glann import artifacts
+from glann import distributed as gd
+from glann.distributed import World
 from glann.errors import ArtifactError, TrainingError
 from glann.images import save_grid
 from glann.runtime import NO_STOP, CheckpointTimer, Preempted, Stats, StopFlag, rng_state, set_rng_state, step_decay
@@ -101,6 +103,11 @@ class LoopOptions:
     # after its checkpoint); None: stats.jsonl and grids only.
     tracker: Callable[[int], Tracker] | None = None
     log_every: int = 50  # optimiser steps between step-level loss points in the tracker
+    world: World = field(default_factory=World)  # this process's rank; only rank 0 writes files
+
+    def stopping(self) -> bool:
+        """SIGTERM seen here or (several ranks) on any rank: every rank stops at the same step."""
+        return gd.any_rank(bool(self.stop)) if self.world.distributed else bool(self.stop)
 
 
 def fit(stage: Stage, out_dir: Path, schedule: Schedule, opts: LoopOptions = LoopOptions()) -> dict[str, float]:
@@ -108,24 +115,30 @@ def fit(stage: Stage, out_dir: Path, schedule: Schedule, opts: LoopOptions = Loo
     out_dir = Path(out_dir)
     state_path = out_dir / "state" / "last.pt"
     stats = Stats(out_dir / "stats.jsonl")
-    unit, start_step = _resume(stage, state_path, opts.resume_key)
-    stats.rewind(stage.unit, unit)
+    main = opts.world.is_main
+    unit, start_step = _resume(stage, state_path, opts.resume_key, opts.world.world_size)
+    if main:
+        stats.rewind(stage.unit, unit)
     timer = CheckpointTimer(schedule.checkpoint_minutes)
 
     def checkpoint(at_unit: int, at_step: int) -> None:
-        artifacts.save_state(state_path, {**stage.state_dict(), stage.unit: at_unit, "batch": at_step,
-                                          "rng": rng_state(), "resume_key": opts.resume_key})
+        if main:  # the state is the same on every rank (replicated latents, DDP-synchronised weights)
+            artifacts.save_state(state_path, {**stage.state_dict(), stage.unit: at_unit, "batch": at_step,
+                                              "rng": rng_state(), "resume_key": opts.resume_key,
+                                              "world_size": opts.world.world_size})
         timer.reset()
 
     global_step = sum(stage.steps_in(u) for u in range(unit)) + start_step
     total_steps = global_step + sum(stage.steps_in(u) for u in range(unit, stage.num_units))
-    bar = tqdm(total=total_steps, initial=global_step, desc=stage.name, unit="step", disable=not opts.progress,
-               dynamic_ncols=True, mininterval=1.0)
-    with opts.tracker(global_step + 1) if opts.tracker else Tracker() as tracker:  # the first step it writes
+    bar = tqdm(total=total_steps, initial=global_step, desc=stage.name, unit="step",
+               disable=not (opts.progress and main), dynamic_ncols=True, mininterval=1.0)
+    with opts.tracker(global_step + 1) if opts.tracker and main else Tracker() as tracker:  # its first step
         row = _loop(stage, out_dir, schedule, opts, unit, start_step, global_step, stats, timer, checkpoint, bar,
                     tracker)
     bar.close()
-    stage.export()
+    if main:
+        stage.export()
+    gd.barrier()  # the other ranks read what rank 0 exported only once it is there
     return {k: v for k, v in row.items() if k.startswith(f"{stage.name}/")}
 
 
@@ -154,10 +167,11 @@ def _loop(stage: Stage, out_dir: Path, schedule: Schedule, opts: LoopOptions, un
             bar.update(1)
             if opts.log_every and global_step % opts.log_every == 0:
                 tracker.scalars(global_step, {f"{stage.name}/step_loss": loss})
-            if opts.stop or (stage.mid_unit_checkpoints and timer.due()):
+            stopping = opts.stopping()
+            if stopping or (stage.mid_unit_checkpoints and timer.due()):
                 if stage.mid_unit_checkpoints:
                     checkpoint(unit, i + 1)
-                if opts.stop:
+                if stopping:
                     where = (f"state saved to {state_path}" if stage.mid_unit_checkpoints else
                              f"resuming restarts this {stage.unit} from {state_path}")
                     raise Preempted(f"{stage.name}: stopped at {stage.unit} {unit}, batch {i + 1}; {where}")
@@ -166,24 +180,29 @@ def _loop(stage: Stage, out_dir: Path, schedule: Schedule, opts: LoopOptions, un
         row = {stage.unit: unit + 1, f"{stage.name}/loss": loss_sum / max(seen, 1), **stage.end(unit),
                f"{stage.name}/{stage.unit}_seconds": seconds}
         unit += 1
-        stats.write(**row)
+        if opts.world.is_main:
+            stats.write(**row)
         tracker.scalars(global_step, row)
         log.info("%s: %s %d/%d loss %.5f (%.1fs)", stage.name, stage.unit, unit, stage.num_units,
                  row[f"{stage.name}/loss"], seconds)
         bar.set_postfix({stage.unit: unit, "loss": f"{row[f'{stage.name}/loss']:.4f}"})
-        if schedule.grid_every and (unit % schedule.grid_every == 0 or unit == stage.num_units):
+        if opts.world.is_main and schedule.grid_every and (unit % schedule.grid_every == 0 or unit == stage.num_units):
             for name, (images, nrow) in stage.snapshot(unit).items():
                 save_grid(images, out_dir / "grids" / f"{name}_{unit:04d}.png", nrow=nrow)
                 tracker.images(f"{stage.name}/{name}", images, global_step)
-        if unit % schedule.checkpoint_every == 0 or unit == stage.num_units or opts.stop:
+        stopping = opts.stopping()
+        if unit % schedule.checkpoint_every == 0 or unit == stage.num_units or stopping:
             checkpoint(unit, 0)
-        if opts.stop:
+        if stopping:
             raise Preempted(f"{stage.name}: stopped after {stage.unit} {unit}; state saved to {state_path}")
     return row
 
 
-def _resume(stage: Stage, state_path: Path, resume_key: str) -> tuple[int, int]:
-    """Load ``state_path`` into ``stage`` if it exists (returning its unit and step), else start fresh."""
+def _resume(stage: Stage, state_path: Path, resume_key: str, world_size: int = 1) -> tuple[int, int]:
+    """Load ``state_path`` into ``stage`` if it exists (returning its unit and step), else start fresh.
+
+    Checkpoints do not depend on the world size: one written by N ranks resumes on M. A step counts global batches
+    of (per-rank batch x ranks) images, so a mid-unit position is rescaled to the same number of images done."""
     if not state_path.is_file():
         stage.init_fresh()
         return 0, 0
@@ -194,6 +213,11 @@ def _resume(stage: Stage, state_path: Path, resume_key: str) -> tuple[int, int]:
     except (RuntimeError, ValueError, KeyError) as e:
         raise ArtifactError(f"checkpoint {state_path} is from an incompatible config: {e}") from None
     unit, step = state[stage.unit], state.get("batch", 0)
+    saved_world = int(state.get("world_size", 1))
+    if step and saved_world != world_size:
+        step = step * saved_world // world_size
+        log.info("%s: checkpoint of %d rank(s) resumed on %d: %s %d continues at step %d", stage.name, saved_world,
+                 world_size, stage.unit, unit, step)
     if unit > stage.num_units:
         key = f"{stage.name}.{stage.count_key}"
         raise ArtifactError(f"checkpoint {state_path} is at {stage.unit} {unit}, past {key}={stage.num_units}; raise "

@@ -79,7 +79,11 @@ class IMLEConfig:
     knn_device: str = "auto"  # auto | cpu | cuda
     grid_every: int = 1  # rounds between sample grids (0: never)
     matching: str = "nearest"  # nearest | rejection (RS-IMLE) | adaptive (Adaptive IMLE); glann/matching.py
-    rejection_eps: float | None = None  # rejection: drop samples closer than this to any data latent (required)
+    rejection_eps: float | None = None  # rejection: drop samples closer than this to any data latent
+    # rejection: each round, the radius that rejects this fraction of the samples (the q-quantile of their distances
+    # to the data): a radius that shrinks as the mapper converges. With rejection_eps too, the larger of the two.
+    # rejection needs rejection_eps or rejection_quantile.
+    rejection_quantile: float | None = None
     adaptive_gamma: float = 0.04  # adaptive: a re-matched point's radius becomes (1 - gamma) * its distance
     adaptive_resample_every: int = 10  # adaptive: re-match a point at the latest this many rounds after its match
 
@@ -286,6 +290,13 @@ def check_eps(eps: Any) -> float:
     return float(eps)
 
 
+def check_quantile(q: Any) -> float:
+    if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q < 1.0:
+        raise ConfigError(f"imle.rejection_quantile must be in (0, 1) (the fraction of samples each round rejects), "
+                          f"got {q}")
+    return float(q)
+
+
 def check_gamma(gamma: Any) -> float:
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0.0 < gamma < 1.0:
         raise ConfigError(f"imle.adaptive_gamma must be in (0, 1), got {gamma}")
@@ -302,7 +313,11 @@ def check_matching(cfg: Any) -> Any:
     """Check an IMLE config's matching settings (only those its ``matching`` mode uses); return it."""
     mode = check_mode(getattr(cfg, "matching", "nearest"))
     if mode == "rejection":
-        check_eps(cfg.rejection_eps)
+        quantile = getattr(cfg, "rejection_quantile", None)
+        if quantile is not None:
+            check_quantile(quantile)
+        if quantile is None or cfg.rejection_eps is not None:
+            check_eps(cfg.rejection_eps)
     elif mode == "adaptive":
         check_gamma(cfg.adaptive_gamma)
         check_interval(cfg.adaptive_resample_every)

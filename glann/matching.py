@@ -11,6 +11,8 @@ for ``adaptive``, a small state carried from round to round. All searches are ex
   The remaining set is shared by all data points, so a data point lacks a sample only when every sample was
   rejected. The paper's code then keeps each point's previous latent (its "not closer than inf" update never
   fires); glann instead stops with :class:`AllRejected`, naming ``imle.rejection_eps``, as the issue asks.
+  ``quantile`` (``imle.rejection_quantile``, glann's addition) sets the radius each round to the q-quantile of
+  the samples' distances to the data: a schedule that shrinks with the mapper instead of a fixed ``eps``.
 - ``adaptive`` (Adaptive IMLE, Aghabozorgi, Peng & Li, ICML 2023): data point ``i`` keeps the noise it was
   matched to until the mapper has pulled that sample within its radius ``tau_i`` (``d_i < tau_i``, ``d_i`` the
   distance from ``x_i`` to the mapper's current output for that noise), or until ``resample_every`` rounds have
@@ -30,7 +32,7 @@ from typing import Any
 
 import torch
 
-from glann.config import check_eps, check_gamma, check_interval, check_mode
+from glann.config import check_eps, check_gamma, check_interval, check_mode, check_quantile
 from glann.errors import ArtifactError, ConfigError
 from glann.knn import _torch_nn, faiss_gpu_available, nearest_neighbors
 
@@ -98,17 +100,24 @@ def nearest(generated: torch.Tensor, data: torch.Tensor, noise: torch.Tensor | N
     return MatchResult(idx, dist, _take(noise, idx), _dist_stats(dist))
 
 
-def rejection(generated: torch.Tensor, data: torch.Tensor, eps: float, noise: torch.Tensor | None = None,
-              backend: str = "auto") -> MatchResult:
+def rejection(generated: torch.Tensor, data: torch.Tensor, eps: float | None, noise: torch.Tensor | None = None,
+              backend: str = "auto", quantile: float | None = None) -> MatchResult:
     """RS-IMLE: drop samples within ``eps`` of any data point, then match each point to its nearest survivor.
 
     A sample is rejected when the distance to its nearest data point is < ``eps`` (strict, as the authors'
-    ``dci_dists < eps_radius``). Raises :class:`AllRejected` (a ConfigError naming ``imle.rejection_eps``) when
-    no sample survives. Stats: nn_dist, nn_dist_max, rejected_frac, samples_kept, unmatched (data points left
-    without a sample; 0 whenever a sample survives, since the survivors serve every point).
+    ``dci_dists < eps_radius``). With ``quantile`` q the round's radius is the q-quantile of those distances (so
+    about a fraction q of the samples is rejected, whatever the mapper's scale: a radius that shrinks as the samples
+    close in on the data), or ``eps`` where that is larger (``eps`` may then be None). Raises :class:`AllRejected`
+    (a ConfigError naming ``imle.rejection_eps``) when no sample survives. Stats: nn_dist, nn_dist_max,
+    rejected_frac, samples_kept, unmatched (data points left without a sample; 0 whenever a sample survives, since
+    the survivors serve every point), eps (the radius used).
     """
-    eps = check_eps(eps)
+    if quantile is None or eps is not None:
+        eps = check_eps(eps)
     _, to_data = search(data, generated, backend)  # each sample's distance to its nearest data point
+    if quantile is not None:
+        radius = torch.quantile(to_data.double(), check_quantile(quantile)).item()
+        eps = radius if eps is None else max(eps, radius)
     kept = torch.nonzero(to_data >= eps).squeeze(1)
     rejected = 1.0 - len(kept) / max(len(generated), 1)
     if len(kept) == 0:
@@ -117,7 +126,8 @@ def rejection(generated: torch.Tensor, data: torch.Tensor, eps: float, noise: to
                           f"one): lower imle.rejection_eps")
     sub, dist = search(generated[kept.to(generated.device)], data, backend)
     idx = kept[sub]
-    stats = {**_dist_stats(dist), "rejected_frac": rejected, "samples_kept": float(len(kept)), "unmatched": 0.0}
+    stats = {**_dist_stats(dist), "rejected_frac": rejected, "samples_kept": float(len(kept)), "unmatched": 0.0,
+             "eps": float(eps)}
     return MatchResult(idx, dist, _take(noise, idx), stats)
 
 
@@ -199,11 +209,11 @@ def adaptive(generated: torch.Tensor, data: torch.Tensor, noise: torch.Tensor, s
 
 def select(mode: str, generated: torch.Tensor, data: torch.Tensor, noise: torch.Tensor, *, state: dict | None = None,
            rnd: int = 0, current: torch.Tensor | None = None, eps: float | None = None, gamma: float = 0.04,
-           resample_every: int = 10, backend: str = "auto") -> tuple[MatchResult, dict]:
+           resample_every: int = 10, backend: str = "auto", quantile: float | None = None) -> tuple[MatchResult, dict]:
     """Dispatch one round to ``mode``'s rule; returns (selection, state). Only ``adaptive`` carries state."""
     check_mode(mode)
     if mode == "nearest":
         return nearest(generated, data, noise, backend), {}
     if mode == "rejection":
-        return rejection(generated, data, check_eps(eps), noise, backend), {}
+        return rejection(generated, data, eps, noise, backend, quantile), {}
     return adaptive(generated, data, noise, state or {}, rnd, gamma, resample_every, current, backend)

@@ -118,6 +118,7 @@ def rejection(generated: torch.Tensor, data: torch.Tensor, eps: float | None, no
     if quantile is not None:
         radius = torch.quantile(to_data.double(), check_quantile(quantile)).item()
         eps = radius if eps is None else max(eps, radius)
+    assert eps is not None  # check_eps or the quantile set it
     kept = torch.nonzero(to_data >= eps).squeeze(1)
     rejected = 1.0 - len(kept) / max(len(generated), 1)
     if len(kept) == 0:

@@ -43,3 +43,18 @@ def run_cli(module: str, *args: str, cwd: Path | None = None, env: dict | None =
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, "-m", f"glann.{module}", *args], cwd=cwd or REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def sampler():
+    """A tiny untrained sampler (4-d noise, 8-d latents, 16x16 grey images) whose BatchNorm has non-trivial
+    running statistics."""
+    from glann.nets import Generator, GeneratorArch, Mapper, MapperArch
+    from glann.sampler import GlannSampler
+
+    torch.manual_seed(0)
+    mapper = Mapper(MapperArch(noise_dim=4, latent_dim=8, hidden_dim=16))
+    gen = Generator(GeneratorArch(latent_dim=8, image_size=16, channels=1, hidden_dim=16, base_channels=4))
+    gen.train()
+    gen(torch.randn(32, 8))
+    return GlannSampler(mapper, gen)

@@ -13,7 +13,6 @@ from glann.errors import DataError
 from glann.glo import load_glo, train_glo
 from glann.inversion import invert, random_codes, slerp, slerp_path
 from glann.losses import Lap1Loss
-from glann.nets import Generator, GeneratorArch, Mapper, MapperArch
 from glann.sampler import GlannSampler
 
 
@@ -29,15 +28,6 @@ def tiny_glo(tmp_path_factory):
     gen, z = load_glo(out)
     return gen, z, data
 
-
-@pytest.fixture
-def sampler():
-    torch.manual_seed(0)
-    mapper = Mapper(MapperArch(noise_dim=4, latent_dim=8, hidden_dim=16))
-    gen = Generator(GeneratorArch(latent_dim=8, image_size=16, channels=1, hidden_dim=16, base_channels=4))
-    gen.train()
-    gen(torch.randn(32, 8))  # non-trivial BatchNorm running statistics
-    return GlannSampler(mapper, gen.eval())
 
 
 def test_inversion_recovers_a_training_images_own_code(tiny_glo):

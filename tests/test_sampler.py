@@ -7,16 +7,6 @@ from glann.nets import Generator, GeneratorArch, Mapper, MapperArch
 from glann.sampler import GlannSampler
 
 
-@pytest.fixture
-def sampler():
-    torch.manual_seed(0)
-    mapper = Mapper(MapperArch(noise_dim=4, latent_dim=8, hidden_dim=16))
-    gen = Generator(GeneratorArch(latent_dim=8, image_size=16, channels=1, hidden_dim=16, base_channels=4))
-    gen.train()
-    gen(torch.randn(32, 8))  # give BatchNorm non-trivial running statistics
-    return GlannSampler(mapper, gen)
-
-
 def test_save_load_gives_the_same_images(sampler, tmp_path):
     sampler.save_pretrained(tmp_path / "s")
     loaded = GlannSampler.from_pretrained(tmp_path / "s")

@@ -6,18 +6,6 @@ import torch
 from glann.config import EvalOptions, SampleConfig, validate_sample
 from glann.config import check_eval_options as check_options
 from glann.errors import ConfigError
-from glann.nets import Generator, GeneratorArch, Mapper, MapperArch
-from glann.sampler import GlannSampler
-
-
-@pytest.fixture
-def sampler():
-    torch.manual_seed(0)
-    mapper = Mapper(MapperArch(noise_dim=4, latent_dim=8, hidden_dim=16))
-    gen = Generator(GeneratorArch(latent_dim=8, image_size=16, channels=1, hidden_dim=16, base_channels=4))
-    gen.train()
-    gen(torch.randn(32, 8))  # non-trivial BatchNorm statistics
-    return GlannSampler(mapper, gen)
 
 
 def test_temperature_one_gives_todays_images(sampler):

@@ -129,7 +129,7 @@ def fit(stage: Stage, out_dir: Path, schedule: Schedule, opts: LoopOptions = Loo
         timer.reset()
 
     global_step = sum(stage.steps_in(u) for u in range(unit)) + start_step
-    total_steps = global_step + sum(stage.steps_in(u) for u in range(unit, stage.num_units))
+    total_steps = sum(stage.steps_in(u) for u in range(stage.num_units))
     bar = tqdm(total=total_steps, initial=global_step, desc=stage.name, unit="step",
                disable=not (opts.progress and main), dynamic_ncols=True, mininterval=1.0)
     with opts.tracker(global_step + 1) if opts.tracker and main else Tracker() as tracker:  # its first step

@@ -5,10 +5,9 @@ import pytest
 import torch
 
 from glann.artifacts import load_network
+from glann.errors import ConfigError
 from glann.imle import map_noise, train_imle
 from glann.nets import Mapper
-
-from glann.errors import ConfigError
 from glann.toy import TOY_MATCHING, mixture_centers, mode_metrics, run_toy, sample_mixture, toy_config
 
 

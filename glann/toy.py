@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from glann.artifacts import load_network
-from glann.config import IMLEConfig, MapperConfig
+from glann.config import IMLEConfig, MapperConfig, check_matching, check_mode
+from glann.errors import ConfigError
 from glann.imle import map_noise, train_imle
 from glann.nets import Mapper
 
@@ -55,13 +59,49 @@ def mode_metrics(samples: torch.Tensor, kind: str, min_count: int = 20,
     return out
 
 
-def run_toy(kind: str = "ring", n: int = 2000, rounds: int = 30, seed: int = 0, num_samples: int = 2500) -> dict:
-    """Train IMLE on a 2-D mixture and report its mode metrics (a few seconds on a CPU)."""
+# The settings each matching rule trains with in :func:`run_toy` (bench/toy.py measures them; BENCHMARKS.md).
+TOY_MATCHING: dict[str, dict] = {
+    "nearest": {},
+    "rejection": {"rejection_quantile": 0.6},
+    "adaptive": {"adaptive_gamma": 0.04, "adaptive_resample_every": 10},
+}
+_MAPPER_KEYS = ("hidden_dim", "num_layers")
+
+
+def toy_config(matching: str = "rejection", rounds: int = 250, **overrides: Any) -> IMLEConfig:
+    """The IMLE settings :func:`run_toy` trains with: 2-d noise, an MLP 256 x 4 (no sphere), m=2, one epoch per
+    round (fresh matches), batch 128, lr 3e-3 halved every ``rounds // 8`` rounds, and ``matching``'s settings from
+    :data:`TOY_MATCHING`. ``overrides`` replace any :class:`IMLEConfig` field (``hidden_dim`` and ``num_layers`` go
+    to the mapper); an unknown name raises ConfigError."""
+    check_mode(matching)
+    known = {f.name for f in fields(IMLEConfig)} | set(_MAPPER_KEYS)
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"run_toy: unknown IMLE setting(s) {unknown}; choose from {sorted(known)}")
+    mapper = MapperConfig(hidden_dim=overrides.pop("hidden_dim", 256), num_layers=overrides.pop("num_layers", 4),
+                          project_to_sphere=False)
+    settings: dict[str, Any] = dict(noise_dim=2, mapper=mapper, rounds=rounds, epochs_per_round=1,
+                                    samples_per_latent=2, batch_size=128, lr=3e-3,
+                                    lr_decay_every=max(rounds // 8, 1), lr_decay=0.5, grid_every=0,
+                                    matching=matching, **TOY_MATCHING[matching])
+    settings.update(overrides)
+    return check_matching(IMLEConfig(**settings))
+
+
+def run_toy(kind: str = "ring", n: int = 2000, rounds: int = 250, seed: int = 0, num_samples: int = 2500,
+            matching: str = "rejection", **overrides: Any) -> dict:
+    """Train IMLE (glann's IMLE stage, :func:`glann.imle.train_imle`) on ``n`` points of a 2-D mixture and report
+    :func:`mode_metrics` of ``num_samples`` samples, plus ``seconds`` (training and sampling).
+
+    ``matching`` and ``overrides`` (any IMLEConfig field, e.g. ``rejection_quantile=0.7``, ``samples_per_latent=4``,
+    ``hidden_dim=128``) are passed to :func:`toy_config`. Torch's thread count is left to the caller.
+    """
+    cfg = toy_config(matching, rounds, **overrides)
     data = sample_mixture(kind, n, seed)
-    cfg = IMLEConfig(noise_dim=8, mapper=MapperConfig(hidden_dim=128, num_layers=3, project_to_sphere=False),
-                     rounds=rounds, epochs_per_round=5, samples_per_latent=4, batch_size=128, lr=1e-3, grid_every=0)
+    t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         train_imle(data, cfg, Path(tmp), torch.device("cpu"), seed=seed, progress=False)
         mapper = load_network(Path(tmp) / "mapper", kind=Mapper)
     noise = torch.randn(num_samples, cfg.noise_dim, generator=torch.Generator().manual_seed(seed + 1))
-    return mode_metrics(map_noise(mapper, noise, torch.device("cpu")), kind, data=data)
+    samples = map_noise(mapper, noise, torch.device("cpu"))
+    return {**mode_metrics(samples, kind, data=data), "seconds": time.perf_counter() - t0}

@@ -7,8 +7,8 @@ when they stop cleanly, ``OUT_DIR/rank{r}.saved``. Modes (rank 1 misbehaves afte
 
 - ``crash``:   rank 1 raises an exception (exit 1).
 - ``kill``:    rank 1 SIGKILLs itself (no Python cleanup at all).
-- ``hang``:    rank 1 stops calling collectives (sleeps); rank 0's next all-reduce meets the process group's
-               timeout (``GLANN_DIST_TIMEOUT_S``, default 5 s here).
+- ``hang``:    rank 1 stops calling collectives (sleeps until SIGTERM); rank 0's next all-reduce meets the
+               process group's timeout (``GLANN_DIST_TIMEOUT_S``, default 5 s here), then torchrun SIGTERMs rank 1.
 - ``sigterm``: run without a mode-specific fault: the caller sends SIGTERM to one rank (its pid file) or to
                torchrun. Ranks poll ``glann.distributed.any_rank(stop)`` each step, so every rank saves and
                exits 143.
@@ -43,8 +43,10 @@ def main() -> int:
                     raise RuntimeError("rank 1 crashed on purpose")
                 if mode == "kill":
                     os.kill(os.getpid(), signal.SIGKILL)
-                if mode == "hang":
-                    time.sleep(3600)
+                if mode == "hang":  # stuck outside collectives, but it still honours torchrun's SIGTERM
+                    while not stop:
+                        time.sleep(0.1)
+                    return 143
             x = torch.ones(1000)
             torch.distributed.all_reduce(x)
             step += 1

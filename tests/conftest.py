@@ -36,13 +36,32 @@ def tiny_cfg() -> TrainConfig:
     return compose_train("debug=tiny")
 
 
+def _cli_command(module: str, args: tuple[str, ...], env: dict | None) -> tuple[list[str], dict]:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return [sys.executable, "-m", f"glann.{module}", *args], full_env
+
+
 def run_cli(module: str, *args: str, cwd: Path | None = None, env: dict | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python -m glann.<module> args`` as a user would, capturing output."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", f"glann.{module}", *args], cwd=cwd or REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    cmd, full_env = _cli_command(module, args, env)
+    return subprocess.run(cmd, cwd=cwd or REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def run_clis(*calls: tuple[str, ...], timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """Run independent app invocations (``("train", "debug=tiny", ...)``, module first) at the same time, as
+    :func:`run_cli` runs one: most of each is interpreter and torch start-up, which overlaps on several cores."""
+    procs = []
+    for module, *args in calls:
+        cmd, full_env = _cli_command(module, tuple(args), None)
+        procs.append((cmd, subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True)))
+    results = []
+    for cmd, p in procs:
+        out, err = p.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(cmd, p.returncode, out, err))
+    return results
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The apps as a user runs them: exit codes, one-line errors, run folders, sampling, sweeps."""
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_clis
 
 pytestmark = pytest.mark.slow  # Hydra apps in subprocesses: seconds each
 
@@ -39,27 +39,39 @@ def test_sample_to_npz_and_png_folder(trained_run, tmp_path):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "pngs" / "000001.png")), images[1, ..., 0])
 
 
-@pytest.mark.parametrize("args,needle", [
+BAD_INPUT = [
     (["glo.learing_rate=1"], "glo.learing_rate"),
     (["glo.epochs=many"], "glo.epochs"),
     (["glo.lr_latent=-0.1"], "glo.lr_latent"),
     (["imle.batch_size=0"], "imle.batch_size"),
     (["data=mnist", "data.root=/nonexistent/mnist"], "/nonexistent/mnist"),
-])
-def test_bad_input_is_a_one_line_error(args, needle, tmp_path):
-    res = run_cli("train", "debug=tiny", *args, f"hydra.run.dir={tmp_path}")
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory):
+    """Every BAD_INPUT case as its own glann-train process, all started at once."""
+    tmp = tmp_path_factory.mktemp("bad")
+    return run_clis(*[("train", "debug=tiny", *args, f"hydra.run.dir={tmp / str(i)}")
+                      for i, (args, _) in enumerate(BAD_INPUT)])
+
+
+@pytest.mark.parametrize("case", range(len(BAD_INPUT)), ids=[needle for _, needle in BAD_INPUT])
+def test_bad_input_is_a_one_line_error(bad_input_runs, case):
+    res, needle = bad_input_runs[case], BAD_INPUT[case][1]
     assert res.returncode != 0
     assert needle in res.stderr
     assert "Traceback" not in res.stderr
 
 
 def test_sample_errors(tmp_path):
-    res = run_cli("sample", f"hydra.run.dir={tmp_path}")
-    assert res.returncode != 0 and "sampler_dir is required" in res.stderr
-    res = run_cli("sample", f"sampler_dir={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path}")
-    assert res.returncode != 0 and "does not exist" in res.stderr and "Traceback" not in res.stderr
-    res = run_cli("sample", f"sampler_dir={tmp_path}", "num_samples=0", f"hydra.run.dir={tmp_path}")
-    assert res.returncode != 0 and "num_samples" in res.stderr
+    missing, absent, zero = run_clis(
+        ("sample", f"hydra.run.dir={tmp_path / 'a'}"),
+        ("sample", f"sampler_dir={tmp_path / 'nope'}", f"hydra.run.dir={tmp_path / 'b'}"),
+        ("sample", f"sampler_dir={tmp_path}", "num_samples=0", f"hydra.run.dir={tmp_path / 'c'}"))
+    assert missing.returncode != 0 and "sampler_dir is required" in missing.stderr
+    assert absent.returncode != 0 and "does not exist" in absent.stderr and "Traceback" not in absent.stderr
+    assert zero.returncode != 0 and "num_samples" in zero.stderr
 
 
 def test_two_job_multirun(tmp_path):
@@ -85,11 +97,12 @@ def test_two_job_multirun(tmp_path):
 
 
 def test_eval_errors(tmp_path):
-    res = run_cli("eval_app", f"hydra.run.dir={tmp_path}")
-    assert res.returncode != 0 and "sampler_dir" in res.stderr and "Traceback" not in res.stderr
-    res = run_cli("eval_app", f"sampler_dir={tmp_path}", "eval.metrics=[fid,inception_score]",
-                  f"hydra.run.dir={tmp_path}")
-    assert res.returncode != 0 and "unknown metric" in res.stderr and "Traceback" not in res.stderr
+    no_sampler, unknown = run_clis(
+        ("eval_app", f"hydra.run.dir={tmp_path / 'a'}"),
+        ("eval_app", f"sampler_dir={tmp_path}", "eval.metrics=[fid,inception_score]",
+         f"hydra.run.dir={tmp_path / 'b'}"))
+    assert no_sampler.returncode != 0 and "sampler_dir" in no_sampler.stderr and "Traceback" not in no_sampler.stderr
+    assert unknown.returncode != 0 and "unknown metric" in unknown.stderr and "Traceback" not in unknown.stderr
 
 
 def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path):

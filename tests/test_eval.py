@@ -12,12 +12,27 @@ from glann.config import DataConfig, EvalOptions, check_eval_options
 from glann.errors import ArtifactError, ConfigError, DataError
 from glann.evaluate import evaluate, gaussian_latents
 from glann.images import read_npz
-from glann.metrics import fid_from_features, frechet_distance, kid, precision_recall
+from glann.metrics import fid_from_features, frechet_distance, kid, precision_recall, trace_sqrt_product
 from glann.sampler import GlannSampler
 from glann.sweep import build_table
 
 WEIGHTS = REPO.parent / "shared" / "models" / "inception-2015-12-05-fid-weights-no-classifier.pth"
 needs_weights = pytest.mark.skipif(not WEIGHTS.is_file(), reason="FID Inception weights not in ../shared/models")
+
+
+def test_trace_sqrt_product_agrees_with_scipy_sqrtm_and_handles_singular_covariances():
+    from scipy import linalg
+
+    rng = np.random.default_rng(1)
+    full1, full2 = np.cov(rng.normal(size=(400, 40)), rowvar=False), np.cov(rng.normal(size=(400, 40)) @
+                                                                            rng.normal(size=(40, 40)), rowvar=False)
+    assert trace_sqrt_product(full1, full2) == pytest.approx(np.trace(linalg.sqrtm(full1 @ full2).real), rel=1e-9)
+    # Fewer samples than features: both covariances singular (rank 9 of 64). The eigenvalues of S1 S2 are real and
+    # >= 0, so the trace of its square root is the sum of their square roots.
+    sing1, sing2 = np.cov(rng.normal(size=(10, 64)), rowvar=False), np.cov(rng.normal(size=(10, 64)), rowvar=False)
+    eig = np.linalg.eigvals(sing1 @ sing2).real
+    assert trace_sqrt_product(sing1, sing2) == pytest.approx(np.sqrt(np.clip(eig, 0, None)).sum(), rel=1e-6)
+    assert np.isfinite(frechet_distance(np.zeros(64), sing1, np.ones(64), sing2))
 
 
 def test_frechet_distance_matches_the_gaussian_closed_form():

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, compose_train, run_cli
+from conftest import REPO, compose_train, run_cli, run_clis
 from safetensors.torch import load_file
 
 from glann import artifacts, glo, pipeline
@@ -185,8 +185,8 @@ def test_parallel_jobs_share_one_glo_training(tmp_path):
 def test_unwritable_output_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    res = run_cli("sample", f"sampler_dir={tmp_path}", f"output={blocker / 'out.npz'}",
-                  f"hydra.run.dir={tmp_path / 'h'}")
-    assert res.returncode != 0 and "is not a directory" in res.stderr and "Traceback" not in res.stderr
-    res = run_cli("train", "debug=tiny", f"hydra.run.dir={blocker / 'run'}")
-    assert res.returncode != 0 and "file.txt" in res.stderr and "Traceback" not in res.stderr
+    sample, train = run_clis(("sample", f"sampler_dir={tmp_path}", f"output={blocker / 'out.npz'}",
+                              f"hydra.run.dir={tmp_path / 'h'}"),
+                             ("train", "debug=tiny", f"hydra.run.dir={blocker / 'run'}"))
+    assert sample.returncode != 0 and "is not a directory" in sample.stderr and "Traceback" not in sample.stderr
+    assert train.returncode != 0 and "file.txt" in train.stderr and "Traceback" not in train.stderr

@@ -51,6 +51,13 @@ class GLOConfig:
     grid_every: int = 1  # epochs between reconstruction grids (0: never)
     checkpoint_every: int = 1  # epochs between training-state checkpoints
     checkpoint_minutes: float = 10.0  # ... and at most this long between them (mid-epoch)
+    # How the generator's steps run (glann.runtime.Accel); fp32 / false / false run the plain fp32 step.
+    precision: str = "fp32"  # fp32 | bf16 | fp16: autocast of the generator's forward pass (fp16 adds a GradScaler)
+    channels_last: bool = False  # generator weights and activations in NHWC (faster convolutions on GPUs)
+    compile: bool = False  # torch.compile the generator (minutes of compilation first; for long GPU runs)
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -209,6 +216,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                        ("imle.beta1", cfg.imle.beta1), ("imle.beta2", cfg.imle.beta2)):
         if not 0.0 <= value < 1.0:
             raise ConfigError(f"{key} must be in [0, 1), got {value}")
+    if cfg.glo.precision not in PRECISIONS:
+        raise ConfigError(f"glo.precision must be one of {list(PRECISIONS)}, got {cfg.glo.precision!r}")
     if cfg.glo.latent_init not in ("pca", "random"):
         raise ConfigError(f"glo.latent_init must be 'pca' or 'random', got {cfg.glo.latent_init!r}")
     if cfg.glo.latent_optimizer not in ("row_adam", "sparse_adam"):

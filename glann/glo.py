@@ -5,6 +5,7 @@ Writes ``generator/`` (network artifact), ``latents.safetensors``, ``stats.jsonl
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -20,11 +21,12 @@ from glann import distributed as gd
 from glann.config import GLOConfig, LossConfig
 from glann.data import ImageData
 from glann.distributed import World
-from glann.errors import ArtifactError
+from glann.errors import ArtifactError, ConfigError
 from glann.glo_dist import distributed_glo_step
+from glann.images import to_float
 from glann.losses import build_loss
 from glann.nets import Generator, GeneratorArch
-from glann.runtime import NO_STOP, StopFlag, adam
+from glann.runtime import NO_STOP, Accel, StopFlag, adam
 from glann.tracking import Tracker
 from glann.training import LoopOptions, Schedule, fit
 
@@ -63,9 +65,16 @@ class GLOStage:
         self.world = world or World(device=device)
         self.num_units = cfg.epochs
         n = len(data)
+        self.accel = Accel(cfg.precision, cfg.channels_last, cfg.compile)
+        if self.world.distributed and cfg.precision == "fp16":
+            raise ConfigError("glo.precision=fp16 runs on one process only so far (its loss scaler is not shared "
+                              "across ranks); use glo.precision=bf16 with several ranks")
         torch.manual_seed(seed)  # the init must not depend on what ran before in this process
-        self.net = Generator(GeneratorArch.of(cfg.generator, cfg.latent_dim, data.shape)).to(device)
-        self.gen = gd.wrap_ddp(self.net, self.world)  # itself with one rank
+        self.net = self.accel.memory_format(
+            Generator(GeneratorArch.of(cfg.generator, cfg.latent_dim, data.shape)).to(device))
+        self.gen = self.accel.compiled(gd.wrap_ddp(self.net, self.world))  # DDP: itself with one rank
+        self.scaler = self.accel.grad_scaler(device)
+        self.images = resident_images(data, device)
         self.latents = nn.Embedding(n, cfg.latent_dim, sparse=True).to(device)
         self.opt_g = adam(self.gen.parameters(), lr=cfg.lr_generator, betas=(cfg.beta1, cfg.beta2))
         self.opt_z = (RowAdam if cfg.latent_optimizer == "row_adam" else torch.optim.SparseAdam)(
@@ -81,8 +90,11 @@ class GLOStage:
         return [(self.opt_g, self.cfg.lr_generator), (self.opt_z, self.cfg.lr_latent)]
 
     def state_dict(self) -> dict:
-        return {"generator": self.net.state_dict(), "latents": self.latents.weight.detach(),
-                "opt_g": self.opt_g.state_dict(), "opt_z": self.opt_z.state_dict(), "num_images": len(self.data)}
+        state = {"generator": self.net.state_dict(), "latents": self.latents.weight.detach(),
+                 "opt_g": self.opt_g.state_dict(), "opt_z": self.opt_z.state_dict(), "num_images": len(self.data)}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         n, dim = len(self.data), self.cfg.latent_dim
@@ -95,6 +107,8 @@ class GLOStage:
         self.opt_z.load_state_dict(state["opt_z"])
         with torch.no_grad():
             self.latents.weight.copy_(state["latents"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
 
     def init_fresh(self) -> None:
         with torch.no_grad():
@@ -114,14 +128,22 @@ class GLOStage:
             self.perm[i * b:(i + 1) * b]
         if len(idx) < 2 and self.cfg.generator.batch_norm:  # BatchNorm cannot train on one image
             return 0.0, 0
-        x = self.data.batch(idx, self.device)
+        x = self.batch(idx)
+        autocast = self.accel.autocast(self.device)
         if ranks > 1:
             loss = distributed_glo_step(self.gen, self.latents, self.opt_g, self.opt_z, self.loss_fn, x,
-                                        idx.to(self.device), self.world)
+                                        idx.to(self.device), self.world, autocast)
         else:
-            loss = glo_step(self.gen, self.latents, self.opt_g, self.opt_z, self.loss_fn, x, idx.to(self.device))
+            loss = glo_step(self.gen, self.latents, self.opt_g, self.opt_z, self.loss_fn, x, idx.to(self.device),
+                            autocast, self.scaler)
         self.seen += len(idx)
         return loss, len(idx)
+
+    def batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """The images at ``idx`` as float on the device: from the GPU-resident copy when there is one."""
+        if self.images is None:
+            return self.data.batch(idx, self.device)
+        return to_float(self.images[idx.to(self.device)], channels_last=False)
 
     def end(self, unit: int) -> dict[str, float]:
         return {"glo/images_per_s": self.seen / max(time.perf_counter() - self.t0, 1e-9),
@@ -132,7 +154,7 @@ class GLOStage:
         """Rows alternate: real images, then their reconstructions."""
         was_training = self.net.training
         self.net.eval()
-        real = self.data.batch(self.grid_idx, self.device)
+        real = self.batch(self.grid_idx)
         recon = self.net(self.latents.weight[self.grid_idx.to(self.device)])
         self.net.train(was_training)
         per_row = 8
@@ -164,20 +186,47 @@ def train_glo(data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Pa
 
 
 def glo_step(gen: nn.Module, latents: nn.Embedding, opt_g: torch.optim.Optimizer, opt_z: torch.optim.Optimizer,
-             loss_fn: nn.Module, x: torch.Tensor, idx: torch.Tensor) -> float:
+             loss_fn: nn.Module, x: torch.Tensor, idx: torch.Tensor,
+             autocast: contextlib.AbstractContextManager | None = None,
+             scaler: torch.amp.GradScaler | None = None) -> float:
     """One joint step on a batch: only the batch's latent codes move (sparse gradients, row-wise optimiser), and
-    they are projected back onto the unit sphere. Returns the loss; non-finite losses update nothing."""
-    loss = loss_fn(gen(latents(idx)), x).mean()
+    they are projected back onto the unit sphere. Returns the loss; non-finite losses update nothing.
+
+    ``autocast`` (``Accel.autocast``) wraps the generator's forward pass; the loss is computed in fp32. ``scaler``
+    (fp16) scales the loss for backward and skips a step whose gradients overflowed."""
+    with autocast or contextlib.nullcontext():
+        out = gen(latents(idx))
+    loss = loss_fn(out.float(), x).mean()
     if not torch.isfinite(loss):
         return float(loss.item())
     opt_g.zero_grad(set_to_none=True)
     opt_z.zero_grad(set_to_none=True)
-    loss.backward()
-    opt_g.step()
-    opt_z.step()
+    if scaler is None:
+        loss.backward()
+        opt_g.step()
+        opt_z.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(opt_g)
+        scaler.step(opt_z)
+        scaler.update()
     with torch.no_grad():
         latents.weight[idx] = F.normalize(latents.weight[idx], dim=1)
     return float(loss.item())
+
+
+def resident_images(data: ImageData, device: torch.device, share: float = 0.25) -> torch.Tensor | None:
+    """The uint8 dataset copied once to a CUDA ``device`` when it takes at most ``share`` of the free memory (then
+    no batch is copied from the host); None on CPU or when it does not fit."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    if data.images.nbytes > share * free:
+        log.info("glo: the %.0f MB dataset stays in host memory (over %d%% of the GPU's free memory)",
+                 data.images.nbytes / 2**20, 100 * share)
+        return None
+    log.info("glo: the %.0f MB uint8 dataset is resident on %s", data.images.nbytes / 2**20, device)
+    return torch.from_numpy(data.images).to(device)
 
 
 @torch.no_grad()

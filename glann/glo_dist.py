@@ -20,6 +20,8 @@ The cost is memory: every rank holds the table and its two Adam moments, 12 d by
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,7 +32,8 @@ from glann.distributed import World
 
 def distributed_glo_step(gen: nn.Module, latents: nn.Embedding, opt_g: torch.optim.Optimizer,
                          opt_z: torch.optim.Optimizer, loss_fn: nn.Module, x: torch.Tensor, idx: torch.Tensor,
-                         world: World | None = None) -> float:
+                         world: World | None = None,
+                         autocast: contextlib.AbstractContextManager | None = None) -> float:
     """One GLO step on this rank's share (``x``, ``idx``) of a global batch; returns the global batch's loss.
 
     ``gen`` is the generator under DDP (``glann.distributed.wrap_ddp``): backward averages its gradients over
@@ -47,7 +50,9 @@ def distributed_glo_step(gen: nn.Module, latents: nn.Embedding, opt_g: torch.opt
     """
     world = world or gd.current_world()
     z = latents.weight[idx].detach().requires_grad_(True)
-    local = loss_fn(gen(z), x).mean()
+    with autocast or contextlib.nullcontext():  # the generator's forward pass (bf16 with glo.precision=bf16)
+        out = gen(z)
+    local = loss_fn(out.float(), x).mean()
     loss = gd.all_reduce_mean(local.detach())
     if not torch.isfinite(loss):
         return float(loss.item())

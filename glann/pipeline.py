@@ -104,7 +104,8 @@ def _train_imle(run: Run, folder: Path, resume_key: str) -> dict:
 
 STAGES = (
     StageSpec("glo", ("glo", "loss"), "data", frozenset({"epochs", "grid_every", "checkpoint_every",
-                                                         "checkpoint_minutes"}), True, _train_glo),
+                                                         "checkpoint_minutes", "channels_last", "compile"}), True,
+              _train_glo),
     StageSpec("imle", ("imle",), "glo", frozenset({"rounds", "grid_every", "knn_device"}), False, _train_imle),
 )
 

@@ -1,20 +1,24 @@
 """Shared training plumbing: devices, seeding, RNG state capture, SIGTERM handling, stats, lr schedule."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
+from torch import nn
 
 from glann.files import atomic_write
 
 log = logging.getLogger(__name__)
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 def adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
@@ -35,6 +39,34 @@ def step_decay(base_lr: float, decay: float, every: int, unit: int) -> float:
     (``every`` = 0: constant). With ``decay`` a power of two it equals ``torch.optim.lr_scheduler.StepLR`` bit for
     bit."""
     return base_lr * decay ** (unit // every) if every else base_lr
+
+
+@dataclass(frozen=True)
+class Accel:
+    """How a stage's network runs its training steps: autocast ``precision`` (fp32 | bf16 | fp16), the
+    ``channels_last`` memory format and ``torch.compile``. The defaults run exactly the plain fp32 step."""
+
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """The forward pass's context: nothing for fp32, else ``torch.autocast`` to bf16/fp16 on ``device``."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16)
+
+    def grad_scaler(self, device: torch.device) -> torch.amp.GradScaler | None:
+        """A loss scaler for fp16 (its gradients underflow without one); None otherwise."""
+        return torch.amp.GradScaler(device.type) if self.precision == "fp16" else None
+
+    def memory_format(self, net: ModuleT) -> ModuleT:
+        """``net`` with its weights in channels_last when asked (in place; before DDP wraps it)."""
+        return net.to(memory_format=torch.channels_last) if self.channels_last else net
+
+    def compiled(self, net: nn.Module) -> nn.Module:
+        """What the training steps call: ``net``, or ``torch.compile(net)`` (the same parameters)."""
+        return cast(nn.Module, torch.compile(net)) if self.compile else net
 
 
 class Preempted(Exception):

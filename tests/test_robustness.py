@@ -141,7 +141,7 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_exits_cleanly_and_the_rerun_completes(tmp_path):
-    args = ["debug=tiny", "glo.epochs=400", "glo.grid_every=0", f"hydra.run.dir={tmp_path}", "cache_dir=null"]
+    args = ["debug=tiny", "glo.epochs=100", "glo.grid_every=0", f"hydra.run.dir={tmp_path}", "cache_dir=null"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "glann.train", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -154,11 +154,11 @@ def test_sigterm_saves_a_checkpoint_exits_cleanly_and_the_rerun_completes(tmp_pa
     assert proc.returncode == 143, err[-2000:]
     assert "Traceback" not in err
     state = artifacts.load_state(tmp_path / "glo" / "state" / "last.pt")
-    assert 3 <= state["epoch"] < 400
+    assert 3 <= state["epoch"] < 100
     res = run_cli("train", *args)
     assert res.returncode == 0, res.stderr[-2000:]
     epochs = [json.loads(line)["epoch"] for line in stats.read_text().splitlines()]
-    assert epochs[-1] == 400 and len(set(epochs)) == len(epochs)  # resumed, no epoch trained twice
+    assert epochs[-1] == 100 and len(set(epochs)) == len(epochs)  # resumed, no epoch trained twice
     assert (tmp_path / "sampler" / "sampler.json").is_file()
 
 

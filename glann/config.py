@@ -114,7 +114,7 @@ class EvalOptions:
     cache_dir: str | None = None  # reference features cache; None: ~/.cache/glann/inception
     device: str = "auto"
     progress: bool = True
-    temperature: float = 1.0  # noise scale when sampling (< 1: less diverse, sharper; 1: the trained prior)
+    temperature: float = 1.0  # noise scale when sampling (1: the trained prior)
 
 
 @dataclass
@@ -153,7 +153,7 @@ class SampleConfig:
     output: str | None = None  # *.npz file or a folder of PNGs; default samples.npz in the run dir
     grid: bool = True  # also write a grid PNG next to the output
     device: str = "auto"
-    temperature: float = 1.0  # noise scale (< 1: less diverse, sharper; 1: the trained prior)
+    temperature: float = 1.0  # noise scale (1: the trained prior)
     mode: str = "sample"  # sample | interpolate (one row of the grid per pair of random endpoints)
     interpolation_steps: int = 8  # images per pair, both endpoints included
     num_pairs: int = 8  # interpolate: number of pairs (rows)

@@ -101,9 +101,10 @@ class IMLEStage:
         self.target = self.latents.to(device)
         ranks = self.world.world_size  # several ranks: global batches of batch_size per rank, remainder dropped
         self.batches_per_epoch = math.ceil(n / cfg.batch_size) if ranks == 1 else n // (cfg.batch_size * ranks)
-        if cfg.matching == "nearest":
-            log.info("imle: exact nearest-neighbour matching with %s",
-                     knn_backend(match_device(cfg.knn_device, device)))
+        backend = knn_backend(match_device(cfg.knn_device, device))
+        log.info("imle: %s matching, exact search with %s%s", cfg.matching, backend,
+                 " (faiss is not installed: pip install 'glann[cpu]' adds faiss's CPU search)"
+                 if backend == "torch-cpu" else "")
         self.match_state: dict = {}  # the matching rule's state across rounds (adaptive: radii, matched noise)
 
     def optimizers(self) -> list[tuple[torch.optim.Optimizer, float]]:

@@ -46,6 +46,28 @@ def test_imle_reduces_nearest_neighbour_distance(tmp_path):
     assert (tmp_path / "mapper" / "model.safetensors").is_file()
 
 
+@pytest.mark.parametrize("mode, extra", [("nearest", {}), ("rejection", {"rejection_quantile": 0.5}),
+                                         ("adaptive", {})])
+def test_without_faiss_every_mode_matches_with_torch_and_says_so(tmp_path, monkeypatch, caplog, mode, extra):
+    """faiss is an extra (cpu or gpu): without it, matching falls back to torch's exact search, named in the log,
+    and finds the same neighbours."""
+    from glann import knn
+
+    latents = clustered_latents(128)
+    cfg = IMLEConfig(noise_dim=4, mapper=MapperConfig(hidden_dim=16), rounds=2, epochs_per_round=1, batch_size=64,
+                     matching=mode, **extra)
+    train_imle(latents, cfg, tmp_path / "faiss", torch.device("cpu"), progress=False)
+    monkeypatch.setattr(knn, "faiss", None)
+    with caplog.at_level("INFO", logger="glann.imle"):
+        train_imle(latents, cfg, tmp_path / "torch", torch.device("cpu"), progress=False)
+    assert f"imle: {mode} matching, exact search with torch-cpu" in caplog.text
+    assert "pip install 'glann[cpu]'" in caplog.text
+    rows = {b: [json.loads(x) for x in (tmp_path / b / "stats.jsonl").read_text().splitlines()]
+            for b in ("faiss", "torch")}
+    for a, b in zip(rows["faiss"], rows["torch"]):
+        assert a["imle/nn_dist"] == pytest.approx(b["imle/nn_dist"], rel=1e-4)
+
+
 def test_lr_step_decay_by_round_survives_a_resume(tmp_path):
     latents = clustered_latents(128)
     base = dict(noise_dim=4, mapper=MapperConfig(hidden_dim=16), epochs_per_round=1, batch_size=64, lr=4e-3,

@@ -8,7 +8,9 @@
 Every rule trains the IMLE stage of ``--experiment`` on a copy of the same GLO stage (so the rules differ in the
 matching step alone), through ``glann-train`` itself, then evaluates the sampler with the pipeline's own
 evaluation: FID against ``--stats``, KID and precision/recall (k=3) against ``--num-real`` test images, and the
-memorisation check (near-copies: samples closer to a training image than the closest 1% of test images are).
+memorisation check (near-copies: samples closer to a training image than the closest 1% of test images are), and
+the digit mix of the samples read by glann's MNIST classifier (share of "1"s; KL to the training set's digit
+frequencies).
 ``seconds`` is the IMLE stage's wall clock from its manifest. A rule's run folder is ``<out>/<name>``; a rule
 whose folder already holds ``results.json`` is not rerun, so an interrupted benchmark resumes.
 """
@@ -48,6 +50,7 @@ def run_rule(rule: list[str], args: argparse.Namespace) -> dict:
             subprocess.run([sys.executable, "-m", "glann.train", *overrides], check=True, stdout=log,
                            stderr=subprocess.STDOUT, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
     results = json.loads((run_dir / "results.json").read_text())
+    results.update(digit_mix(run_dir / "sampler", args))
     manifest = json.loads((run_dir / "imle" / "manifest.json").read_text())
     rounds = [json.loads(line) for line in (run_dir / "imle" / "stats.jsonl").read_text().splitlines()]
     rejected = [r["imle/rejected_frac"] for r in rounds if "imle/rejected_frac" in r]
@@ -55,6 +58,24 @@ def run_rule(rule: list[str], args: argparse.Namespace) -> dict:
     return {**results, "seconds": manifest["seconds"],
             "rejected": sum(rejected) / len(rejected) if rejected else None,
             "rematched": sum(rematched) / len(rematched) if rematched else None}
+
+
+def digit_mix(sampler_dir: Path, args: argparse.Namespace) -> dict:
+    """Which digits the samples are, read by glann's cached MNIST classifier: the share of "1"s (the thinnest,
+    densest cluster) and KL(sample digit frequencies || training-set frequencies)."""
+    import numpy as np
+    import torchvision
+
+    from glann.modes import cached_classifier, predict_digits
+    from glann.sampler import GlannSampler
+
+    classifier = cached_classifier(args.mnist_root, str(args.out / "cache"))
+    images = GlannSampler.from_pretrained(sampler_dir)(args.num, seed=0).images  # uint8 (N, H, W, 1)
+    p = np.bincount(predict_digits(classifier, images.transpose(0, 3, 1, 2)), minlength=10) / len(images)
+    q = np.bincount(torchvision.datasets.MNIST(args.mnist_root, train=True).targets.numpy(), minlength=10)
+    q = q / q.sum()
+    nz = p > 0
+    return {"ones": float(p[1]), "ones_data": float(q[1]), "digit_kl": float(np.sum(p[nz] * np.log(p[nz] / q[nz])))}
 
 
 def main() -> None:
@@ -67,6 +88,8 @@ def main() -> None:
     ap.add_argument("--stats", required=True, help="reference Inception statistics for FID (.npz with mu, sigma)")
     ap.add_argument("--num", type=int, default=2000, help="samples evaluated per rule")
     ap.add_argument("--num-real", type=int, default=2000, help="test images for KID, precision/recall")
+    ap.add_argument("--mnist-root", default=os.environ.get("GLANN_DATA_ROOT", "data"),
+                    help="MNIST root, for the digit classifier (default: $GLANN_DATA_ROOT)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("outputs/bench_matching"))
     ap.add_argument("--extra", nargs="*", default=[], help="further overrides for every rule")
@@ -76,13 +99,14 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = [(rule, run_rule(rule, args)) for rule in args.rule]
     print(f"\n{args.experiment}, GLO stage {args.glo}, {args.num} samples, {args.num_real} test images\n")
-    print("| rule | FID | KID ×10³ | precision | recall | near-copies | IMLE s | mean rejected / re-matched |\n"
-          "|---|---|---|---|---|---|---|---|")
+    print("| rule | FID | KID ×10³ | precision | recall | near-copies | \"1\"s (data {:.1%}) | digit KL | IMLE s | "
+          "mean rejected / re-matched |\n|---|---|---|---|---|---|---|---|---|---|".format(rows[0][1]["ones_data"]))
     for rule, r in rows:
         share = r["rejected"] if r["rejected"] is not None else r["rematched"]
         print(f"| {' '.join(rule)} | {r['eval/fid']:.2f} | {1e3 * r['eval/kid']:.2f} ± {1e3 * r['eval/kid_std']:.2f} | "
               f"{r['eval/precision']:.3f} | {r['eval/recall']:.3f} | "
-              f"{100 * r['eval/memorization/near_copy_fraction']:.2f}% | {r['seconds']:.0f} | "
+              f"{100 * r['eval/memorization/near_copy_fraction']:.2f}% | {100 * r['ones']:.1f}% | "
+              f"{r['digit_kl']:.3f} | {r['seconds']:.0f} | "
               f"{'–' if share is None else f'{share:.2f}'} |")
 
 

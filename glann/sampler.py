@@ -127,8 +127,9 @@ class GlannSampler:
 
         ``seed`` (or an explicit CPU ``generator``) fixes the noise, which is drawn up front, so the same seed gives
         the same images at any ``batch_size``. ``temperature`` scales the noise; 1 samples the prior the mapper was
-        trained on (on MNIST, lower was measured worse, not sharper: BENCHMARKS.md "Sampling temperature"). ``output_type``:
-        ``"np"`` uint8 (N, H, W, C), ``"tensor"`` float (N, C, H, W) in [0, 1] on the CPU, ``"pil"`` PIL images.
+        trained on (on MNIST, lower was measured worse, not sharper: BENCHMARKS.md "Sampling temperature").
+        ``output_type``: ``"np"`` uint8 (N, H, W, C), ``"tensor"`` float (N, C, H, W) in [0, 1] on the CPU,
+        ``"pil"`` PIL images.
         """
         if num_samples <= 0:
             raise ValueError(f"num_samples must be positive, got {num_samples}")

@@ -85,7 +85,7 @@ class IMLEConfig:
     beta2: float = 0.999
     knn_device: str = "auto"  # auto | cpu | cuda
     grid_every: int = 1  # rounds between sample grids (0: never)
-    matching: str = "nearest"  # nearest | rejection (RS-IMLE) | adaptive (Adaptive IMLE); glann/matching.py
+    matching: str = "nearest"  # nearest | rejection (RS-IMLE) | adaptive (Adaptive IMLE) | capacity; glann/matching.py
     rejection_eps: float | None = None  # rejection: drop samples closer than this to any data latent
     # rejection: each round, the radius that rejects this fraction of the samples (the q-quantile of their distances
     # to the data): a radius that shrinks as the mapper converges. With rejection_eps too, the larger of the two.
@@ -93,6 +93,8 @@ class IMLEConfig:
     rejection_quantile: float | None = None
     adaptive_gamma: float = 0.04  # adaptive: a re-matched point's radius becomes (1 - gamma) * its distance
     adaptive_resample_every: int = 10  # adaptive: re-match a point at the latest this many rounds after its match
+    capacity: int = 1  # capacity: the most data points one generated sample may serve in a round
+    capacity_k: int = 16  # capacity: each point's candidates, its capacity_k nearest samples
 
 
 @dataclass
@@ -283,7 +285,7 @@ def validate_invert(cfg: InvertConfig) -> InvertConfig:
     return cfg
 
 
-MATCHING_MODES = ("nearest", "rejection", "adaptive")
+MATCHING_MODES = ("nearest", "rejection", "adaptive", "capacity")
 
 
 def check_mode(mode: str) -> str:
@@ -318,6 +320,13 @@ def check_interval(every: Any) -> int:
     return every
 
 
+def check_count(value: Any, key: str, what: str) -> int:
+    """An integer >= 1; the error names ``imle.<key>``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"imle.{key} must be an integer >= 1 ({what}), got {value}")
+    return value
+
+
 def check_matching(cfg: Any) -> Any:
     """Check an IMLE config's matching settings (only those its ``matching`` mode uses); return it."""
     mode = check_mode(getattr(cfg, "matching", "nearest"))
@@ -330,6 +339,9 @@ def check_matching(cfg: Any) -> Any:
     elif mode == "adaptive":
         check_gamma(cfg.adaptive_gamma)
         check_interval(cfg.adaptive_resample_every)
+    elif mode == "capacity":
+        check_count(cfg.capacity, "capacity", "data points one sample may serve per round")
+        check_count(cfg.capacity_k, "capacity_k", "nearest samples each data point may take")
     return cfg
 
 

@@ -74,7 +74,7 @@ def select_round(mapper: nn.Module, latents: torch.Tensor, cfg: IMLEConfig, rnd:
     current = map_noise(mapper, state["noise"], device) if cfg.matching == "adaptive" and state else None
     return select(cfg.matching, generated, latents, noise, state=state, rnd=rnd, current=current,
                   eps=cfg.rejection_eps, gamma=cfg.adaptive_gamma, resample_every=cfg.adaptive_resample_every,
-                  quantile=cfg.rejection_quantile)
+                  quantile=cfg.rejection_quantile, cap=cfg.capacity, k=cfg.capacity_k)
 
 
 class IMLEStage:

@@ -58,8 +58,8 @@ def nearest_neighbors(database: torch.Tensor, queries: torch.Tensor, device: str
     return _torch_nn(database, queries, "cuda" if want_gpu and torch.cuda.is_available() else "cpu", chunk)
 
 
-def search_cpu(index, q: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-1 search on the CPU: query chunks spread over threads, one single-threaded faiss call each.
+def search_cpu(index, q: np.ndarray, threads: int | None = None, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` search on the CPU: query chunks spread over threads, one single-threaded faiss call each.
 
     faiss's own multi-threaded search meets an OpenMP barrier twice per 4096x1024 distance tile. On a shared
     2-vCPU machine, one slowed vCPU stalls the other at every barrier: the 60k x 120k x 64 IMLE search swung
@@ -72,14 +72,14 @@ def search_cpu(index, q: np.ndarray, threads: int | None = None) -> tuple[np.nda
     target = max(2048, -(-faiss.cvar.distance_compute_blas_threshold // q.shape[1]))
     n_chunks = q.shape[0] // target // threads * threads  # equal shares for the threads
     if threads <= 1 or n_chunks < threads:
-        return index.search(q, 1)
+        return index.search(q, k)
     chunk = -(-q.shape[0] // n_chunks)
-    dist = np.empty((q.shape[0], 1), dtype=np.float32)
-    idx = np.empty((q.shape[0], 1), dtype=np.int64)
+    dist = np.empty((q.shape[0], k), dtype=np.float32)
+    idx = np.empty((q.shape[0], k), dtype=np.int64)
 
     def search(start: int) -> None:
         faiss.omp_set_num_threads(1)  # OpenMP's thread count is per calling thread: this leaves the caller's
-        d, i = index.search(q[start:start + chunk], 1)
+        d, i = index.search(q[start:start + chunk], k)
         dist[start:start + chunk], idx[start:start + chunk] = d, i
 
     with ThreadPoolExecutor(threads, thread_name_prefix="glann-knn") as pool:

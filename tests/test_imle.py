@@ -47,7 +47,7 @@ def test_imle_reduces_nearest_neighbour_distance(tmp_path):
 
 
 @pytest.mark.parametrize("mode, extra", [("nearest", {}), ("rejection", {"rejection_quantile": 0.5}),
-                                         ("adaptive", {})])
+                                         ("adaptive", {}), ("capacity", {})])
 def test_without_faiss_every_mode_matches_with_torch_and_says_so(tmp_path, monkeypatch, caplog, mode, extra):
     """faiss is an extra (cpu or gpu): without it, matching falls back to torch's exact search, named in the log,
     and finds the same neighbours."""
@@ -90,6 +90,7 @@ def test_constant_lr_by_default(tmp_path):
 @pytest.mark.parametrize("mode,extra,stat", [
     ("rejection", dict(rejection_eps=0.05), "imle/rejected_frac"),
     ("adaptive", dict(adaptive_gamma=0.1, adaptive_resample_every=2), "imle/rematched_frac"),
+    ("capacity", dict(capacity=1, capacity_k=4), "imle/overflow_frac"),
 ])
 def test_matching_modes_log_their_statistics_and_resume_exactly(tmp_path, mode, extra, stat):
     latents = clustered_latents(128)

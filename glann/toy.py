@@ -64,6 +64,7 @@ TOY_MATCHING: dict[str, dict] = {
     "nearest": {},
     "rejection": {"rejection_quantile": 0.6},
     "adaptive": {"adaptive_gamma": 0.04, "adaptive_resample_every": 10},
+    "capacity": {"capacity": 1, "capacity_k": 16},
 }
 _MAPPER_KEYS = ("hidden_dim", "num_layers")
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,7 @@ class IMLEConfig:
     adaptive_resample_every: int = 10  # adaptive: re-match a point at the latest this many rounds after its match
     capacity: int = 1  # capacity: the most data points one generated sample may serve in a round
     capacity_k: int = 16  # capacity: each point's candidates, its capacity_k nearest samples
+    seed: int | None = None  # the IMLE stage's seed (mapper init, noise); None: the run's seed
 
 
 @dataclass
@@ -318,6 +320,21 @@ def check_interval(every: Any) -> int:
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ConfigError(f"imle.adaptive_resample_every must be an integer >= 1 (rounds), got {every}")
     return every
+
+
+# Settings added after stages were already being written. A stage's digest and resume key leave each out while it
+# has the value that reproduces the older behaviour, so stages trained before it existed are still reused and resumed.
+_LATER_SETTINGS: dict[str, Callable[[dict], tuple[str, ...]]] = {
+    "imle": lambda d: (("capacity", "capacity_k") if d.get("matching") != "capacity" else ())
+    + (("seed",) if d.get("seed") is None else ()),
+}
+
+
+def stage_settings(group: str, cfg: Any) -> dict:
+    """``asdict`` of a config group, without the later settings that do not change what the stage computes."""
+    d = asdict(cfg)
+    drop = _LATER_SETTINGS[group](d) if group in _LATER_SETTINGS else ()
+    return {k: v for k, v in d.items() if k not in drop}
 
 
 def check_count(value: Any, key: str, what: str) -> int:

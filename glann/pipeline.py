@@ -25,7 +25,7 @@ from filelock import FileLock, Timeout
 
 from glann import artifacts, version
 from glann import distributed as gd
-from glann.config import TrainConfig
+from glann.config import TrainConfig, stage_settings
 from glann.data import TORCHVISION_SETS, ImageData, load_dataset
 from glann.distributed import World, check_ranks, init_world
 from glann.errors import ArtifactError
@@ -68,7 +68,7 @@ class StageSpec:
     train: Callable[[Run, Path, str], dict]  # (run, stage folder, resume key) -> metrics
 
     def digest(self, cfg: TrainConfig, input_digest: str, shared: bool) -> str:
-        fields: dict[str, Any] = {g: asdict(getattr(cfg, g)) for g in self.groups}
+        fields: dict[str, Any] = {g: stage_settings(g, getattr(cfg, g)) for g in self.groups}
         fields[self.input] = input_digest
         fields["seed"] = cfg.seed
         if shared:  # a shared cache outlives upgrades: another glann release trains (and caches) its own stage
@@ -77,8 +77,8 @@ class StageSpec:
 
     def resume_key(self, cfg: TrainConfig, input_digest: str) -> str:
         own, *others = self.groups
-        fields = {k: v for k, v in asdict(getattr(cfg, own)).items() if k not in self.resumable}
-        fields.update({g: asdict(getattr(cfg, g)) for g in others})
+        fields = {k: v for k, v in stage_settings(own, getattr(cfg, own)).items() if k not in self.resumable}
+        fields.update({g: stage_settings(g, getattr(cfg, g)) for g in others})
         return config_hash({"fields": fields, "inputs": (input_digest,), "seed": cfg.seed})
 
 
@@ -97,7 +97,8 @@ def _train_glo(run: Run, folder: Path, resume_key: str) -> dict:
 
 def _train_imle(run: Run, folder: Path, resume_key: str) -> dict:
     generator, latents = load_glo(run.folders["glo"], run.device)
-    return train_imle(latents, run.cfg.imle, folder, run.device, run.cfg.seed, generator, run.stop, run.progress,
+    seed = run.cfg.seed if run.cfg.imle.seed is None else run.cfg.imle.seed
+    return train_imle(latents, run.cfg.imle, folder, run.device, seed, generator, run.stop, run.progress,
                       resume_key=resume_key, tracker=_tracker(run, "imle"), log_every=run.cfg.logger.every_n_steps,
                       world=run.world)
 

@@ -92,3 +92,44 @@ def test_bad_capacity_settings_name_the_key(key, value):
     with pytest.raises(ConfigError, match=rf"imle\.{key} must be an integer >= 1"):
         validate(TrainConfig(imle=IMLEConfig(matching="capacity", **{key: value})))
     validate(TrainConfig(imle=IMLEConfig(**{key: value})))  # nearest ignores them
+
+
+def _imle_keys(*overrides):
+    from conftest import compose_train
+
+    from glann import pipeline
+
+    spec = next(s for s in pipeline.STAGES if s.name == "imle")
+    cfg = compose_train("debug=tiny", *overrides)
+    return spec.digest(cfg, "glo-digest", False), spec.resume_key(cfg, "glo-digest")
+
+
+def test_stages_written_before_capacity_and_imle_seed_existed_keep_their_digest():
+    # the values glann 07a8047 (before imle.capacity*, imle.seed) computed for these configs
+    assert _imle_keys() == ("f305a78721bcc83c", "680dddcfeb1cd00d")
+    assert _imle_keys("imle.matching=rejection", "imle.rejection_eps=0.05") == ("3213256b6429711a",
+                                                                                "4bac67868cb447aa")
+    assert _imle_keys("imle.capacity=3") == _imle_keys()  # nearest does not use it
+    assert _imle_keys("imle.matching=capacity") != _imle_keys("imle.matching=capacity", "imle.capacity=3")
+    assert _imle_keys("imle.seed=1") != _imle_keys()
+
+
+def test_imle_seed_trains_another_mapper_on_the_same_glo_stage(tmp_path, caplog):
+    import shutil
+
+    from conftest import compose_train
+    from safetensors.torch import load_file
+
+    from glann import pipeline
+
+    pipeline.run(compose_train("debug=tiny"), tmp_path / "a", progress=False)
+    mappers = {}
+    for name, seed in (("same", 0), ("other", 5)):
+        shutil.copytree(tmp_path / "a" / "glo", tmp_path / name / "glo")
+        with caplog.at_level("INFO"):
+            pipeline.run(compose_train("debug=tiny", f"imle.seed={seed}"), tmp_path / name, progress=False)
+        assert "glo: reusing finished stage" in caplog.text
+        mappers[name] = load_file(str(tmp_path / name / "imle" / "mapper" / "model.safetensors"))
+    ref = load_file(str(tmp_path / "a" / "imle" / "mapper" / "model.safetensors"))
+    assert all(torch.equal(ref[k], mappers["same"][k]) for k in ref)  # imle.seed=0 is the run's seed 0
+    assert not all(torch.equal(ref[k], mappers["other"][k]) for k in ref)

@@ -73,20 +73,24 @@ class MatchResult:
 
 # ---------------------------------------------------------------- exact search
 
+def _check_search(database: torch.Tensor, queries: torch.Tensor, backend: str) -> None:
+    if backend not in ("auto", "faiss", "torch"):
+        raise ValueError(f"backend must be 'auto', 'faiss' or 'torch', got {backend!r}")
+    if database.ndim != 2 or queries.ndim != 2 or database.shape[1] != queries.shape[1]:
+        raise ValueError(f"need 2-D arrays of equal width, got {tuple(database.shape)} and {tuple(queries.shape)}")
+    if database.shape[0] == 0:
+        raise ValueError("empty database")
+
+
 def search(database: torch.Tensor, queries: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Exact 1-NN of each query row among ``database`` rows (L2): (index int64 (Q,), distance float32 (Q,)), CPU.
 
     ``backend``: "faiss" (glann.knn: flat index, GPU when faiss has one), "torch" (chunked matmul on the
     tensors' device), or "auto": faiss, except torch for CUDA tensors when faiss has no GPU support.
     """
-    if backend not in ("auto", "faiss", "torch"):
-        raise ValueError(f"backend must be 'auto', 'faiss' or 'torch', got {backend!r}")
+    _check_search(database, queries, backend)
     on_cuda = database.is_cuda or queries.is_cuda
     if backend == "torch" or (backend == "auto" and on_cuda and not faiss_gpu_available()):
-        if database.ndim != 2 or queries.ndim != 2 or database.shape[1] != queries.shape[1]:
-            raise ValueError(f"need 2-D arrays of equal width, got {tuple(database.shape)} and {tuple(queries.shape)}")
-        if database.shape[0] == 0:
-            raise ValueError("empty database")
         return _torch_nn(database, queries, str(database.device), 8192)
     return nearest_neighbors(database, queries, device="cuda" if on_cuda else "cpu")
 
@@ -96,12 +100,7 @@ def search_k(database: torch.Tensor, queries: torch.Tensor, k: int,
     """Exact k-NN of each query row among ``database`` rows (L2), nearest first: (index int64 (Q, k), distance
     float32 (Q, k)), on the CPU. ``k`` is capped at the database size. Backends as :func:`search`; the torch
     search runs on the tensors' device in query chunks of at most 2^28 distances."""
-    if backend not in ("auto", "faiss", "torch"):
-        raise ValueError(f"backend must be 'auto', 'faiss' or 'torch', got {backend!r}")
-    if database.ndim != 2 or queries.ndim != 2 or database.shape[1] != queries.shape[1]:
-        raise ValueError(f"need 2-D arrays of equal width, got {tuple(database.shape)} and {tuple(queries.shape)}")
-    if database.shape[0] == 0:
-        raise ValueError("empty database")
+    _check_search(database, queries, backend)
     k = min(k, database.shape[0])
     on_cuda = database.is_cuda or queries.is_cuda
     if backend == "torch" or knn.faiss is None or (backend == "auto" and on_cuda):

@@ -49,6 +49,7 @@ class GLOConfig:
     lr_decay: float = 0.5
     latent_init: str = "pca"  # pca | random
     latent_optimizer: str = "row_adam"  # row_adam (per-code bias correction) | sparse_adam (torch.optim.SparseAdam)
+    latent_noise: float = 0.0  # std of Gaussian noise added to each code (then re-normalised) before the generator
     grid_every: int = 1  # epochs between reconstruction grids (0: never)
     checkpoint_every: int = 1  # epochs between training-state checkpoints
     checkpoint_minutes: float = 10.0  # ... and at most this long between them (mid-epoch)
@@ -224,6 +225,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"glo.precision must be one of {list(PRECISIONS)}, got {cfg.glo.precision!r}")
     if cfg.glo.latent_init not in ("pca", "random"):
         raise ConfigError(f"glo.latent_init must be 'pca' or 'random', got {cfg.glo.latent_init!r}")
+    check_latent_noise(cfg.glo.latent_noise)
     if cfg.glo.latent_optimizer not in ("row_adam", "sparse_adam"):
         raise ConfigError(f"glo.latent_optimizer must be 'row_adam' or 'sparse_adam', got {cfg.glo.latent_optimizer!r}")
     if cfg.loss.name not in ("lap1", "vgg"):
@@ -303,6 +305,13 @@ def check_eps(eps: Any) -> float:
     return float(eps)
 
 
+def check_latent_noise(sigma: Any) -> float:
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma < 0:
+        raise ConfigError(f"glo.latent_noise must be a finite number >= 0 (the std of the noise on each code "
+                          f"coordinate; 0: off), got {sigma}")
+    return float(sigma)
+
+
 def check_quantile(q: Any) -> float:
     if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q < 1.0:
         raise ConfigError(f"imle.rejection_quantile must be in (0, 1) (the fraction of samples each round rejects), "
@@ -325,6 +334,7 @@ def check_interval(every: Any) -> int:
 # Settings added after stages were already being written. A stage's digest and resume key leave each out while it
 # has the value that reproduces the older behaviour, so stages trained before it existed are still reused and resumed.
 _LATER_SETTINGS: dict[str, Callable[[dict], tuple[str, ...]]] = {
+    "glo": lambda d: ("latent_noise",) if d.get("latent_noise") == 0 else (),
     "imle": lambda d: (("capacity", "capacity_k") if d.get("matching") != "capacity" else ())
     + (("seed",) if d.get("seed") is None else ()),
 }

@@ -22,7 +22,7 @@ from glann.config import GLOConfig, LossConfig
 from glann.data import ImageData
 from glann.distributed import World
 from glann.errors import ArtifactError, ConfigError
-from glann.glo_dist import distributed_glo_step
+from glann.glo_dist import distributed_glo_step, perturbed
 from glann.images import to_float
 from glann.losses import build_loss
 from glann.nets import Generator, GeneratorArch
@@ -130,12 +130,16 @@ class GLOStage:
             return 0.0, 0
         x = self.batch(idx)
         autocast = self.accel.autocast(self.device)
+        noise = None
+        if self.cfg.latent_noise > 0:
+            noise = code_noise(b * ranks, self.cfg.latent_dim, self.cfg.latent_noise, (self.seed, unit, i))
+            noise = (noise[gd.shard(b * ranks, self.world)] if ranks > 1 else noise[:len(idx)]).to(self.device)
         if ranks > 1:
             loss = distributed_glo_step(self.gen, self.latents, self.opt_g, self.opt_z, self.loss_fn, x,
-                                        idx.to(self.device), self.world, autocast)
+                                        idx.to(self.device), self.world, autocast, noise)
         else:
             loss = glo_step(self.gen, self.latents, self.opt_g, self.opt_z, self.loss_fn, x, idx.to(self.device),
-                            autocast, self.scaler)
+                            autocast, self.scaler, noise)
         self.seen += len(idx)
         return loss, len(idx)
 
@@ -185,17 +189,27 @@ def train_glo(data: ImageData, cfg: GLOConfig, loss_cfg: LossConfig, out_dir: Pa
                                                     tracker=tracker, log_every=log_every, world=stage.world))
 
 
+def code_noise(rows: int, dim: int, sigma: float, key: tuple[int, int, int]) -> torch.Tensor:
+    """``glo.latent_noise``: Gaussian noise of std ``sigma`` for a global batch of ``rows`` codes, drawn on the CPU
+    from a generator seeded by ``key`` = (run seed, epoch, step). A step's noise depends on nothing else, so a resumed
+    run draws the noise the uninterrupted run drew, and ranks that take their shard of it reproduce one process."""
+    seed = (key[0] * 1_000_003 + key[1]) * 1_000_033 + key[2]
+    return torch.randn(rows, dim, generator=torch.Generator().manual_seed(seed % 2**63)) * sigma
+
+
 def glo_step(gen: nn.Module, latents: nn.Embedding, opt_g: torch.optim.Optimizer, opt_z: torch.optim.Optimizer,
              loss_fn: nn.Module, x: torch.Tensor, idx: torch.Tensor,
              autocast: contextlib.AbstractContextManager | None = None,
-             scaler: torch.amp.GradScaler | None = None) -> float:
+             scaler: torch.amp.GradScaler | None = None, noise: torch.Tensor | None = None) -> float:
     """One joint step on a batch: only the batch's latent codes move (sparse gradients, row-wise optimiser), and
     they are projected back onto the unit sphere. Returns the loss; non-finite losses update nothing.
 
     ``autocast`` (``Accel.autocast``) wraps the generator's forward pass; the loss is computed in fp32. ``scaler``
-    (fp16) scales the loss for backward and skips a step whose gradients overflowed."""
+    (fp16) scales the loss for backward and skips a step whose gradients overflowed. ``noise`` (``code_noise``)
+    perturbs the codes before the generator (``glo.latent_noise``): it learns to decode a neighbourhood of each
+    code, not only the code itself."""
     with autocast or contextlib.nullcontext():
-        out = gen(latents(idx))
+        out = gen(perturbed(latents(idx), noise))
     loss = loss_fn(out.float(), x).mean()
     if not torch.isfinite(loss):
         return float(loss.item())

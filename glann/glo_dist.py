@@ -30,10 +30,17 @@ from glann import distributed as gd
 from glann.distributed import World
 
 
+def perturbed(codes: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    """The codes the generator decodes in a training step: ``normalize(z + noise)``, still on the unit sphere (the
+    only codes it decodes at sampling time), or ``z`` itself without noise."""
+    return codes if noise is None else F.normalize(codes + noise, dim=1)
+
+
 def distributed_glo_step(gen: nn.Module, latents: nn.Embedding, opt_g: torch.optim.Optimizer,
                          opt_z: torch.optim.Optimizer, loss_fn: nn.Module, x: torch.Tensor, idx: torch.Tensor,
                          world: World | None = None,
-                         autocast: contextlib.AbstractContextManager | None = None) -> float:
+                         autocast: contextlib.AbstractContextManager | None = None,
+                         noise: torch.Tensor | None = None) -> float:
     """One GLO step on this rank's share (``x``, ``idx``) of a global batch; returns the global batch's loss.
 
     ``gen`` is the generator under DDP (``glann.distributed.wrap_ddp``): backward averages its gradients over
@@ -46,12 +53,13 @@ def distributed_glo_step(gen: nn.Module, latents: nn.Embedding, opt_g: torch.opt
     A non-finite global loss updates nothing on any rank (the ranks agree on it before backward, so none waits
     in DDP's all-reduce for a peer that skipped it). BatchNorm layers see only the rank's share, so with
     ``batch_norm=True`` the step is not the global-batch step (torch's SyncBatchNorm would fix that on GPUs; in
-    torch 2.14 it refuses CPU tensors).
+    torch 2.14 it refuses CPU tensors). ``noise`` is this rank's share of the global batch's code noise
+    (``glann.glo.code_noise``, sharded like the batch).
     """
     world = world or gd.current_world()
     z = latents.weight[idx].detach().requires_grad_(True)
     with autocast or contextlib.nullcontext():  # the generator's forward pass (bf16 with glo.precision=bf16)
-        out = gen(z)
+        out = gen(perturbed(z, noise))
     local = loss_fn(out.float(), x).mean()
     loss = gd.all_reduce_mean(local.detach())
     if not torch.isfinite(loss):

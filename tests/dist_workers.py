@@ -43,6 +43,13 @@ def glo_optimisers(gen: nn.Module, latents: nn.Embedding, latent_opt: str):
     return opt_g, opt_z
 
 
+def glo_noise(rows: int, step: int) -> torch.Tensor:
+    """glo.latent_noise's draw for a global batch (glann.glo.code_noise); ranks take their shard of it."""
+    from glann.glo import code_noise
+
+    return code_noise(rows, 8, 0.2, (0, 0, step))
+
+
 def matching_problem(integer: bool):
     """Samples (1001 x 16) and queries (300 x 16). Integer-valued data makes every distance exact in float32,
     so exact ties (several samples at the same smallest distance, across shards) are frequent and decidable."""
@@ -74,14 +81,16 @@ def worker(rank: int, port: int, out: str) -> None:
     gd.barrier()
     res["t"].append(("helpers", time.time()))
 
-    for latent_opt in ("row_adam", "sgd"):
+    for latent_opt in ("row_adam", "sgd", "row_adam+noise"):
         gen, latents, x, batches = glo_problem()
         ddp = gd.wrap_ddp(gen, world)
-        opt_g, opt_z = glo_optimisers(gen, latents, latent_opt)
+        opt_g, opt_z = glo_optimisers(gen, latents, latent_opt.split("+")[0])
         losses = []
-        for idx in batches:
+        for step, idx in enumerate(batches):
             mine = idx[gd.shard(len(idx), world)]
-            losses.append(distributed_glo_step(ddp, latents, opt_g, opt_z, Lap1Loss(3), x[mine], mine, world))
+            noise = glo_noise(len(idx), step)[gd.shard(len(idx), world)] if "noise" in latent_opt else None
+            losses.append(distributed_glo_step(ddp, latents, opt_g, opt_z, Lap1Loss(3), x[mine], mine, world,
+                                               noise=noise))
         res[f"glo_{latent_opt}"] = {"latents": latents.weight.detach().clone(), "losses": losses,
                                     "generator": {k: v.clone() for k, v in gd.unwrap(ddp).state_dict().items()}}
         res["t"].append((latent_opt, time.time()))

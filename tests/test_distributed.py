@@ -61,15 +61,18 @@ def test_two_ranks_share_the_stamp_and_helpers_work(two_ranks):
     assert r0["mean"] == r1["mean"] == 0.5
 
 
-@pytest.mark.parametrize("latent_opt", ["row_adam", "sgd"])
+@pytest.mark.parametrize("latent_opt", ["row_adam", "sgd", "row_adam+noise"])
 def test_glo_step_on_two_ranks_equals_the_global_batch_on_one(two_ranks, latent_opt):
     """Each rank takes half of every global batch; after 3 steps both ranks' latent tables and generators equal
     glann.glo.glo_step's on the whole batches (generator without BatchNorm, see dist_workers.glo_problem). SGD on
-    the latents checks the gradient's scale (the 1/world_size), which Adam's first steps would hide."""
+    the latents checks the gradient's scale (the 1/world_size), which Adam's first steps would hide. With
+    glo.latent_noise each rank decodes its shard of the global batch's noise."""
     gen, latents, x, batches = W.glo_problem()
-    opt_g, opt_z = W.glo_optimisers(gen, latents, latent_opt)
+    opt_g, opt_z = W.glo_optimisers(gen, latents, latent_opt.split("+")[0])
     start = latents.weight.detach().clone()
-    losses = [glo_step(gen, latents, opt_g, opt_z, Lap1Loss(3), x[idx], idx) for idx in batches]
+    noisy = "noise" in latent_opt
+    losses = [glo_step(gen, latents, opt_g, opt_z, Lap1Loss(3), x[idx], idx,
+                       noise=W.glo_noise(len(idx), step) if noisy else None) for step, idx in enumerate(batches)]
     touched = torch.cat(batches).unique()
     assert not torch.allclose(latents.weight[touched], start[touched], atol=1e-3)  # the step moved them
     for r in two_ranks:

@@ -98,6 +98,7 @@ class IMLEConfig:
     capacity: int = 1  # capacity: the most data points one generated sample may serve in a round
     capacity_k: int = 16  # capacity: each point's candidates, its capacity_k nearest samples
     seed: int | None = None  # the IMLE stage's seed (mapper init, noise); None: the run's seed
+    ema: float = 0.0  # decay of a per-step moving average of the mapper's weights, which the sampler gets; 0: off
 
 
 @dataclass
@@ -226,6 +227,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.glo.latent_init not in ("pca", "random"):
         raise ConfigError(f"glo.latent_init must be 'pca' or 'random', got {cfg.glo.latent_init!r}")
     check_latent_noise(cfg.glo.latent_noise)
+    check_ema(cfg.imle.ema)
     if cfg.glo.latent_optimizer not in ("row_adam", "sparse_adam"):
         raise ConfigError(f"glo.latent_optimizer must be 'row_adam' or 'sparse_adam', got {cfg.glo.latent_optimizer!r}")
     if cfg.loss.name not in ("lap1", "vgg"):
@@ -312,6 +314,13 @@ def check_latent_noise(sigma: Any) -> float:
     return float(sigma)
 
 
+def check_ema(decay: Any) -> float:
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+        raise ConfigError(f"imle.ema must be in [0, 1) (the moving average's decay per step, e.g. 0.999; 0: off), "
+                          f"got {decay}")
+    return float(decay)
+
+
 def check_quantile(q: Any) -> float:
     if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q < 1.0:
         raise ConfigError(f"imle.rejection_quantile must be in (0, 1) (the fraction of samples each round rejects), "
@@ -336,7 +345,7 @@ def check_interval(every: Any) -> int:
 _LATER_SETTINGS: dict[str, Callable[[dict], tuple[str, ...]]] = {
     "glo": lambda d: ("latent_noise",) if d.get("latent_noise") == 0 else (),
     "imle": lambda d: (("capacity", "capacity_k") if d.get("matching") != "capacity" else ())
-    + (("seed",) if d.get("seed") is None else ()),
+    + (("seed",) if d.get("seed") is None else ()) + (("ema",) if d.get("ema") == 0 else ()),
 }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from glann import artifacts
 from glann import distributed as gd
@@ -97,6 +98,9 @@ class IMLEStage:
         self.net = Mapper(MapperArch.of(cfg.mapper, cfg.noise_dim, dim)).to(device)
         self.mapper = gd.wrap_ddp(self.net, self.world)  # itself with one rank
         self.opt = adam(self.mapper.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        # The moving average only ever leaves the stage as its export: matching always uses the trained mapper, as
+        # IMLE's objective is about the samples of the network being trained.
+        self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)) if cfg.ema > 0 else None
         self.grid_noise = torch.randn(64, cfg.noise_dim, generator=torch.Generator().manual_seed(seed + 17))
         self.target = self.latents.to(device)
         ranks = self.world.world_size  # several ranks: global batches of batch_size per rank, remainder dropped
@@ -111,13 +115,16 @@ class IMLEStage:
         return [(self.opt, self.cfg.lr)]
 
     def state_dict(self) -> dict:
+        ema = {"ema": self.ema.state_dict()} if self.ema is not None else {}
         return {"mapper": self.net.state_dict(), "opt": self.opt.state_dict(), "matching": self.cfg.matching,
-                "match_state": self.match_state}
+                "match_state": self.match_state, **ema}
 
     def load_state_dict(self, state: dict) -> None:
         self.net.load_state_dict(state["mapper"])
         self.opt.load_state_dict(state["opt"])
         self.match_state = state.get("match_state", {})
+        if self.ema is not None:  # a checkpoint under another imle.ema is refused before this (settings digest)
+            self.ema.load_state_dict(state["ema"])
         if self.cfg.matching == "adaptive":
             check_state(self.match_state, len(self.latents), self.cfg.noise_dim, self.out_dir / "state" / "last.pt")
 
@@ -165,6 +172,8 @@ class IMLEStage:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
         return loss.item(), len(idx)
 
     def end(self, unit: int) -> dict[str, float]:
@@ -176,10 +185,15 @@ class IMLEStage:
     def snapshot(self, unit: int) -> dict[str, tuple[torch.Tensor, int]]:
         if self.generator is None:
             return {}
-        return {"samples": (self.generator(map_noise(self.net, self.grid_noise, self.device).to(self.device)), 8)}
+        mapper = self.exported()
+        return {"samples": (self.generator(map_noise(mapper, self.grid_noise, self.device).to(self.device)), 8)}
+
+    def exported(self) -> Mapper:
+        """The mapper the sampler gets: the moving average of the weights with ``imle.ema``, else the mapper."""
+        return self.ema.module if self.ema is not None else self.net  # type: ignore[return-value]
 
     def export(self) -> None:
-        artifacts.save_network(self.out_dir / "mapper", self.net.eval())
+        artifacts.save_network(self.out_dir / "mapper", self.exported().eval())
 
 
 def train_imle(latents: torch.Tensor, cfg: IMLEConfig, out_dir: Path, device: torch.device, seed: int = 0,

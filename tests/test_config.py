@@ -34,6 +34,7 @@ def test_default_config_is_the_offline_embedded_job():
     ("data.image_size=30", "data.image_size"), ("loss.name=l2", "loss.name"), ("stages=[glo,gan]", "stages"),
     ("imle.lr_decay_every=-1", "imle.lr_decay_every"), ("imle.lr_decay=0", "imle.lr_decay"),
     ("glo.latent_noise=-0.1", "glo.latent_noise"), ("glo.latent_noise=nan", "glo.latent_noise"),
+    ("imle.ema=1.0", "imle.ema"), ("imle.ema=-0.5", "imle.ema"), ("imle.ema=nan", "imle.ema"),
 ])
 def test_validate_names_the_offending_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -185,12 +186,12 @@ class IMLEStage:
     def snapshot(self, unit: int) -> dict[str, tuple[torch.Tensor, int]]:
         if self.generator is None:
             return {}
-        mapper = self.exported()
-        return {"samples": (self.generator(map_noise(mapper, self.grid_noise, self.device).to(self.device)), 8)}
+        codes = map_noise(self.exported(), self.grid_noise, self.device)
+        return {"samples": (self.generator(codes.to(self.device)), 8)}
 
     def exported(self) -> Mapper:
         """The mapper the sampler gets: the moving average of the weights with ``imle.ema``, else the mapper."""
-        return self.ema.module if self.ema is not None else self.net  # type: ignore[return-value]
+        return cast(Mapper, self.ema.module) if self.ema is not None else self.net
 
     def export(self) -> None:
         artifacts.save_network(self.out_dir / "mapper", self.exported().eval())

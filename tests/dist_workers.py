@@ -13,6 +13,7 @@ from glann.losses import Lap1Loss
 from glann.nets import Generator, GeneratorArch
 
 N_IMAGES, GLOBAL_BATCH, STEPS = 40, 16, 3
+IMLE_BATCH = 16  # per rank
 SPLIT = (600, 401)  # uneven sample shards: rank 0 holds samples [0, 600), rank 1 [600, 1001)
 
 
@@ -60,6 +61,22 @@ def matching_problem(integer: bool):
     return torch.randn(sum(SPLIT), 16, generator=g), torch.randn(300, 16, generator=g)
 
 
+def imle_problem():
+    """64 unit-norm latents in 4 clusters, and a small IMLE config with the mapper's moving average on: 2 rounds of
+    one epoch, global batch 32 (``IMLE_BATCH`` per rank on 2 ranks, 64 / 32 = 2 steps a round)."""
+    import torch.nn.functional as F
+
+    from glann.config import IMLEConfig
+    from glann.nets import MapperConfig
+
+    g = torch.Generator().manual_seed(7)
+    centers = F.normalize(torch.randn(4, 8, generator=g), dim=1)
+    latents = F.normalize(centers[torch.arange(64) % 4] + 0.05 * torch.randn(64, 8, generator=g), dim=1)
+    cfg = IMLEConfig(noise_dim=4, mapper=MapperConfig(hidden_dim=16), rounds=2, epochs_per_round=1,
+                     batch_size=IMLE_BATCH, lr=3e-3, ema=0.8)
+    return latents, cfg
+
+
 def worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2")
@@ -101,6 +118,18 @@ def worker(rank: int, port: int, out: str) -> None:
         idx, dist, backend = nearest_neighbors_distributed(mine, queries, world)
         res[f"match_{'int' if integer else 'gauss'}"] = (idx, dist, backend)
         res["t"].append((f"match{integer}", time.time()))
+    # IMLE with imle.ema on 2 ranks: sharded matching, the mapper under DDP, the average updated on every rank.
+    from glann.imle import IMLEStage
+    from glann.training import LoopOptions, Schedule, fit
+
+    latents, cfg = imle_problem()
+    stage = IMLEStage(latents, cfg, Path(out) / "imle", torch.device("cpu"), seed=0, world=world)
+    schedule = Schedule(lr_decay_every=0, lr_decay=0.5, grid_every=0, checkpoint_every=1,
+                        checkpoint_minutes=float("inf"), lr_hint="imle.lr")
+    fit(stage, Path(out) / "imle", schedule, LoopOptions(progress=False, world=world))
+    res["imle_ema"] = {k: v.clone() for k, v in stage.exported().state_dict().items()}
+    res["imle_net"] = {k: v.clone() for k, v in stage.net.state_dict().items()}
+    res["t"].append(("imle", time.time()))
     torch.save(res, Path(out) / f"rank{rank}.pt")
     gd.destroy()
 

@@ -68,12 +68,13 @@ def select_round(mapper: nn.Module, latents: torch.Tensor, cfg: IMLEConfig, rnd:
     n = len(latents)
     noise = torch.randn(cfg.samples_per_latent * n, cfg.noise_dim, generator=rng)
     generated = map_noise(mapper, noise, device)
+    search_on = match_device(cfg.knn_device, device)  # every rule searches there: no CPU faiss in a GPU run
     if cfg.matching == "nearest":  # the classic rule, through the knn device the config names
-        search_on = match_device(cfg.knn_device, device)
         idx, dist = nearest_neighbors(generated.to(search_on), latents.to(search_on), device=cfg.knn_device)
         idx, dist = idx.cpu(), dist.cpu()
         return MatchResult(idx, dist, noise[idx], {}), {}
     current = map_noise(mapper, state["noise"], device) if cfg.matching == "adaptive" and state else None
+    generated, latents = generated.to(search_on), latents.to(search_on)
     return select(cfg.matching, generated, latents, noise, state=state, rnd=rnd, current=current,
                   eps=cfg.rejection_eps, gamma=cfg.adaptive_gamma, resample_every=cfg.adaptive_resample_every,
                   quantile=cfg.rejection_quantile, cap=cfg.capacity, k=cfg.capacity_k)

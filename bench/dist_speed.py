@@ -1,9 +1,9 @@
 """Throughput of GLO and IMLE steps on 1 rank x 2 threads against 2 ranks x 1 thread (gloo) on this machine.
 
-    python bench/dist_speed.py [--reps 2] [--glo-steps 20] [--latents 20000]
+    python bench/dist_speed.py [--reps 2] [--glo-steps 20] [--glo-batch 128] [--latents 20000]
 
 Both layouts use the same two cores and the same global batches: GLO (paper MNIST generator with BatchNorm,
-Lap1, RowAdam, global batch 128: 1 x 128 or 2 x 64 under DDP, latent rows all-gathered by
+Lap1, RowAdam, global batch ``--glo-batch`` B: 1 x B or 2 x B/2 under DDP, latent rows all-gathered by
 glann.glo_dist.distributed_glo_step), IMLE matching (``--latents`` data latents, 2x samples from the default
 mapper, exact faiss search: one process searching all samples, or each rank its half and one MIN all-reduce,
 glann.knn.nearest_neighbors_distributed) and one IMLE training epoch (global batch 256, mapper under DDP).
@@ -58,7 +58,7 @@ def worker(rank: int, world_size: int, threads: int, port: int, out: str, args: 
 
     res: dict = {}
     # --- GLO ----------------------------------------------------------------------------------------------------
-    n_img, batch = 4096, 128
+    n_img, batch = 4096, args["glo_batch"]
     torch.manual_seed(0)
     gen = Generator(GeneratorArch(latent_dim=64, image_size=28, channels=1, hidden_dim=1024, base_channels=64))
     ddp = gd.wrap_ddp(gen, world)
@@ -140,9 +140,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--glo-steps", type=int, default=20)
+    ap.add_argument("--glo-batch", type=int, default=128, help="GLO's global batch (even; 2 ranks take half each)")
     ap.add_argument("--latents", type=int, default=20000)
     a = ap.parse_args()
-    args = {"glo_steps": a.glo_steps, "latents": a.latents}
+    if a.glo_batch < 2 or a.glo_batch % 2:
+        ap.error(f"--glo-batch must be an even number >= 2, got {a.glo_batch}")
+    args = {"glo_steps": a.glo_steps, "glo_batch": a.glo_batch, "latents": a.latents}
     layouts = {"1 rank x 2 threads": (1, 2), "2 ranks x 1 thread": (2, 1)}
     rows: dict[str, list[dict]] = {k: [] for k in layouts}
     print(f"{'layout':20} | {'GLO img/s':>9} | {'matching s':>10} | {'IMLE steps/s':>12} | {'IMLE epoch s':>12}")
@@ -154,7 +157,8 @@ def main() -> None:
                   f"{r['imle_steps_per_s']:12.1f} | {r['imle_epoch_s']:12.2f}", flush=True)
     med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in rows.items()}
     one, two = med["1 rank x 2 threads"], med["2 ranks x 1 thread"]
-    print(f"\nmedians over {a.reps} runs; ratio = throughput of 2x1 / 1x2 (target >= 0.9)")
+    print(f"\nmedians over {a.reps} runs, GLO global batch {a.glo_batch}; "
+          "ratio = throughput of 2x1 / 1x2 (target >= 0.9)")
     print(f"GLO      {one['glo_images_per_s']:7.0f} vs {two['glo_images_per_s']:7.0f} img/s   ratio "
           f"{two['glo_images_per_s'] / one['glo_images_per_s']:.2f}")
     print(f"matching {one['match_s']:7.2f} vs {two['match_s']:7.2f} s       ratio "
@@ -166,7 +170,7 @@ def main() -> None:
           f"all-gather {two['comm_glo_rows_ms']:.2f}; mapper all-reduce ({two['mapper_params'] / 1e3:.0f}k floats) "
           f"{two['comm_imle_allreduce_ms']:.2f}; matching MIN all-reduce ({a.latents} int64) "
           f"{two['comm_match_min_ms']:.2f}")
-    glo_step_ms = 1000 * 128 / one["glo_images_per_s"]
+    glo_step_ms = 1000 * a.glo_batch / one["glo_images_per_s"]
     print(f"GLO: the gradient all-reduce is {two['comm_glo_allreduce_ms'] / glo_step_ms:.0%} of one 1x2 step "
           f"({glo_step_ms:.0f} ms)")
 

@@ -34,13 +34,17 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def map_noise(mapper: nn.Module, noise: torch.Tensor, device: torch.device, batch_size: int = 8192) -> torch.Tensor:
+def map_noise(mapper: nn.Module, noise: torch.Tensor, device: torch.device, batch_size: int = 8192,
+              out: torch.device | None = None) -> torch.Tensor:
+    """The mapper's float32 outputs for ``noise``, run on ``device`` in batches, returned on ``out`` (the CPU by
+    default; the GPU for a search there, so the samples never leave it)."""
+    out = torch.device("cpu") if out is None else out
     was_training = mapper.training
     mapper.eval()
-    out = torch.cat([mapper(noise[s:s + batch_size].to(device)).float().cpu()
-                     for s in range(0, len(noise), batch_size)])
+    mapped = torch.cat([mapper(noise[s:s + batch_size].to(device)).float().to(out)
+                        for s in range(0, len(noise), batch_size)])
     mapper.train(was_training)
-    return out
+    return mapped
 
 
 def matching_round(mapper: nn.Module, latents: torch.Tensor, num_samples: int, noise_dim: int,
@@ -67,8 +71,8 @@ def select_round(mapper: nn.Module, latents: torch.Tensor, cfg: IMLEConfig, rnd:
     latent the noise it trains on (see :mod:`glann.matching`). Returns the selection and the rule's new state."""
     n = len(latents)
     noise = torch.randn(cfg.samples_per_latent * n, cfg.noise_dim, generator=rng)
-    generated = map_noise(mapper, noise, device)
     search_on = match_device(cfg.knn_device, device)  # every rule searches there: no CPU faiss in a GPU run
+    generated = map_noise(mapper, noise, device, out=search_on)
     if cfg.matching == "nearest":  # the classic rule, through the knn device the config names
         idx, dist = nearest_neighbors(generated.to(search_on), latents.to(search_on), device=cfg.knn_device)
         idx, dist = idx.cpu(), dist.cpu()
@@ -156,7 +160,7 @@ class IMLEStage:
         n, cfg = len(self.latents), self.cfg
         noise = torch.randn(cfg.samples_per_latent * n, cfg.noise_dim, generator=rng)  # the same on every rank
         mine = gd.shard(len(noise), self.world)
-        generated = map_noise(self.net, noise[mine], self.device).to(self.device)
+        generated = map_noise(self.net, noise[mine], self.device, out=self.device)
         # Global sample indices: the ranks' shares are consecutive from 0, so index i is noise[i].
         idx, dist, _ = nearest_neighbors_distributed(generated, self.latents.to(self.device), self.world)
         idx = idx.cpu()

@@ -1,12 +1,12 @@
 """Throughput of GLO and IMLE steps on 1 rank x 2 threads against 2 ranks x 1 thread (gloo) on this machine.
 
-    python bench/dist_speed.py [--reps 2] [--glo-steps 20] [--glo-batch 128] [--latents 20000]
+    python bench/dist_speed.py [--reps 2] [--glo-steps 20] [--glo-batch 128] [--imle-batch 256] [--latents 20000]
 
 Both layouts use the same two cores and the same global batches: GLO (paper MNIST generator with BatchNorm,
 Lap1, RowAdam, global batch ``--glo-batch`` B: 1 x B or 2 x B/2 under DDP, latent rows all-gathered by
 glann.glo_dist.distributed_glo_step), IMLE matching (``--latents`` data latents, 2x samples from the default
 mapper, exact faiss search: one process searching all samples, or each rank its half and one MIN all-reduce,
-glann.knn.nearest_neighbors_distributed) and one IMLE training epoch (global batch 256, mapper under DDP).
+glann.knn.nearest_neighbors_distributed) and one IMLE training epoch (global batch ``--imle-batch``, mapper under DDP).
 Each layout runs in freshly spawned processes; layouts alternate ``--reps`` times. Prints one row per run, the
 ratio 2x1 / 1x2 of the medians (throughput; 1.0 = no communication overhead), and the collectives alone
 (2 ranks, this run's sizes), which say what the communication costs even when the machine is too busy for the
@@ -94,7 +94,7 @@ def worker(rank: int, world_size: int, threads: int, port: int, out: str, args: 
         match_s.append(sync_time() - t0)
     res["match_s"] = match_s[-1]
     matched = noise[idx]
-    ib = 256
+    ib = args["imle_batch"]
     order = torch.randperm(n, generator=torch.Generator().manual_seed(4))
     t0 = None
     for s in range(0, n + 5 * ib, ib):  # 5 warm-up steps, then one epoch
@@ -141,11 +141,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--glo-steps", type=int, default=20)
     ap.add_argument("--glo-batch", type=int, default=128, help="GLO's global batch (even; 2 ranks take half each)")
+    ap.add_argument("--imle-batch", type=int, default=256, help="IMLE's global batch (even)")
     ap.add_argument("--latents", type=int, default=20000)
     a = ap.parse_args()
-    if a.glo_batch < 2 or a.glo_batch % 2:
-        ap.error(f"--glo-batch must be an even number >= 2, got {a.glo_batch}")
-    args = {"glo_steps": a.glo_steps, "glo_batch": a.glo_batch, "latents": a.latents}
+    for name, b in (("--glo-batch", a.glo_batch), ("--imle-batch", a.imle_batch)):
+        if b < 2 or b % 2:
+            ap.error(f"{name} must be an even number >= 2, got {b}")
+    args = {"glo_steps": a.glo_steps, "glo_batch": a.glo_batch, "imle_batch": a.imle_batch, "latents": a.latents}
     layouts = {"1 rank x 2 threads": (1, 2), "2 ranks x 1 thread": (2, 1)}
     rows: dict[str, list[dict]] = {k: [] for k in layouts}
     print(f"{'layout':20} | {'GLO img/s':>9} | {'matching s':>10} | {'IMLE steps/s':>12} | {'IMLE epoch s':>12}")
@@ -157,7 +159,7 @@ def main() -> None:
                   f"{r['imle_steps_per_s']:12.1f} | {r['imle_epoch_s']:12.2f}", flush=True)
     med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in rows.items()}
     one, two = med["1 rank x 2 threads"], med["2 ranks x 1 thread"]
-    print(f"\nmedians over {a.reps} runs, GLO global batch {a.glo_batch}; "
+    print(f"\nmedians over {a.reps} runs, global batches GLO {a.glo_batch}, IMLE {a.imle_batch}; "
           "ratio = throughput of 2x1 / 1x2 (target >= 0.9)")
     print(f"GLO      {one['glo_images_per_s']:7.0f} vs {two['glo_images_per_s']:7.0f} img/s   ratio "
           f"{two['glo_images_per_s'] / one['glo_images_per_s']:.2f}")

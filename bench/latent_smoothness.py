@@ -11,7 +11,9 @@ against ``--num-real`` MNIST test images, whose features are computed once and c
 - ``samples``: the sampler's own codes (noise -> IMLE mapper), i.e. its samples;
 - ``training codes``: ``--num`` random training latents (the reconstruction ceiling);
 - ``training codes + noise σ``: the same latents plus isotropic Gaussian noise of std σ per coordinate, put back on
-  the unit sphere; the column ``distance`` is the mean distance the noise moved them.
+  the unit sphere; the column ``distance`` is the mean distance the noise moved them;
+- ``samples nearest the data, q``: ``--num``/q sampler codes drawn, the ``--num`` of them nearest a training code kept
+  (a latent-space filter, as a truncation would be); ``distance`` is their mean distance to the nearest training code.
 
 The first lines give the mean distance from a training code to its nearest other training code, and from a
 sample's code to its nearest training code: how far the mapper's codes sit from the data, against how far a
@@ -50,6 +52,8 @@ def main() -> None:
     ap.add_argument("--weights", required=True)
     ap.add_argument("--stats", required=True, help="reference Inception statistics for FID (.npz with mu, sigma)")
     ap.add_argument("--sigmas", type=float, nargs="*", default=[0.03, 0.06, 0.09])
+    ap.add_argument("--keep-nearest", type=float, nargs="*", default=[],
+                    help="fractions q of sampler codes to keep, nearest a training code first")
     ap.add_argument("--num", type=int, default=2000)
     ap.add_argument("--num-real", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
@@ -77,6 +81,14 @@ def main() -> None:
     for s in args.sigmas:
         moved = F.normalize(codes + s * torch.randn(codes.shape, generator=g), dim=1)
         rows.append((f"training codes + noise σ={s:g}", moved, (moved - codes).norm(dim=1).mean().item()))
+    for q in args.keep_nearest:
+        if not 0 < q <= 1:
+            ap.error(f"--keep-nearest takes fractions in (0, 1], got {q}")
+        with torch.no_grad():
+            drawn = sampler.mapper(sampler.noise(int(round(args.num / q)), seed=args.seed).to(sampler.dtype))
+        dist_all = nearest_distance(drawn, latents)
+        keep = torch.argsort(dist_all)[:args.num]
+        rows.append((f"samples nearest the data, q={q:g}", drawn[keep], dist_all[keep].mean().item()))
     print(f"\n{args.num} codes per row, {args.num_real} test images, seed {args.seed}, run {args.run}\n")
     print("| codes | distance | FID | precision | recall | s |\n|---|---|---|---|---|---|")
     for name, z, dist in rows:

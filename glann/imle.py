@@ -77,9 +77,15 @@ def select_round(mapper: nn.Module, latents: torch.Tensor, cfg: IMLEConfig, rnd:
         idx, dist = nearest_neighbors(generated.to(search_on), latents.to(search_on), device=cfg.knn_device)
         idx, dist = idx.cpu(), dist.cpu()
         return MatchResult(idx, dist, noise[idx], {}), {}
+    return apply_rule(mapper, generated, latents.to(search_on), noise, cfg, rnd, device, state)
+
+
+def apply_rule(mapper: nn.Module, generated: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor,
+               cfg: IMLEConfig, rnd: int, device: torch.device, state: dict) -> tuple[MatchResult, dict]:
+    """``cfg.matching``'s selection (not ``nearest``'s fast path) of this round's ``generated`` samples, made from
+    ``noise`` (its first ``len(generated)`` rows), for the data ``latents``; ``adaptive`` maps its held noise again."""
     current = map_noise(mapper, state["noise"], device) if cfg.matching == "adaptive" and state else None
-    generated, latents = generated.to(search_on), latents.to(search_on)
-    return select(cfg.matching, generated, latents, noise, state=state, rnd=rnd, current=current,
+    return select(cfg.matching, generated, latents, noise[:len(generated)], state=state, rnd=rnd, current=current,
                   eps=cfg.rejection_eps, gamma=cfg.adaptive_gamma, resample_every=cfg.adaptive_resample_every,
                   quantile=cfg.rejection_quantile, cap=cfg.capacity, k=cfg.capacity_k)
 
@@ -95,9 +101,6 @@ class IMLEStage:
         self.latents = latents.float().cpu()
         self.cfg, self.out_dir, self.device, self.seed, self.generator = cfg, Path(out_dir), device, seed, generator
         self.world = world or World(device=device)
-        if self.world.distributed and cfg.matching != "nearest":
-            raise ConfigError(f"imle.matching={cfg.matching} runs on one process only so far; use imle.matching="
-                              "nearest with several ranks")
         self.num_units = cfg.rounds
         n, dim = self.latents.shape
         torch.manual_seed(seed + 1)  # the init must not depend on whether GLO ran in this process
@@ -144,8 +147,10 @@ class IMLEStage:
         n, cfg = len(self.latents), self.cfg
         rng = torch.Generator().manual_seed(self.seed * 100003 + unit)
         t0 = time.perf_counter()
-        if self.world.distributed:  # each rank maps its share of the m*n noise; the search stays exact and global
+        if self.world.distributed and cfg.matching == "nearest":  # each rank maps and searches its share
             result = self._match_sharded(rng)
+        elif self.world.distributed:
+            result = self._select_gathered(unit, rng)
         else:
             result, self.match_state = select_round(self.net, self.latents, cfg, unit, rng, self.device,
                                                     self.match_state)
@@ -165,6 +170,30 @@ class IMLEStage:
         idx, dist, _ = nearest_neighbors_distributed(generated, self.latents.to(self.device), self.world)
         idx = idx.cpu()
         return MatchResult(idx, dist.cpu(), noise[idx], {})
+
+    def _select_gathered(self, unit: int, rng: torch.Generator) -> MatchResult:
+        """Several ranks, a rule other than ``nearest``: each rank maps its share of the m*n noise, the shares are
+        all-gathered, and rank 0 runs the rule on all of them, exactly as one process does, then sends every rank
+        its selection and the rule's new state (so every rank trains on the same pairs and checkpoints one state).
+        A rule's error on rank 0 (e.g. every sample rejected) is raised on every rank."""
+        n, cfg = len(self.latents), self.cfg
+        noise = torch.randn(cfg.samples_per_latent * n, cfg.noise_dim, generator=rng)  # the same on every rank
+        search_on = match_device(cfg.knn_device, self.device)
+        mapped = map_noise(self.net, noise[gd.shard(len(noise), self.world)], self.device, out=self.device)
+        generated = gd.all_gather_tensor(mapped).to(search_on)  # rank order: row i is noise[i]
+        outcome: tuple[MatchResult, dict] | ConfigError | None = None
+        if self.world.is_main:
+            try:
+                outcome = apply_rule(self.net, generated, self.latents.to(search_on), noise, cfg, unit, self.device,
+                                     self.match_state)
+            except ConfigError as e:  # e.g. AllRejected: every rank stops with it, none waits for the others
+                outcome = e
+        outcome = gd.broadcast_object(outcome)
+        if isinstance(outcome, ConfigError):
+            raise outcome
+        assert outcome is not None
+        result, self.match_state = outcome
+        return result
 
     def step(self, unit: int, i: int) -> tuple[float, int]:
         epoch, b = divmod(i, self.batches_per_epoch)

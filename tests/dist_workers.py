@@ -61,9 +61,16 @@ def matching_problem(integer: bool):
     return torch.randn(sum(SPLIT), 16, generator=g), torch.randn(300, 16, generator=g)
 
 
-def imle_problem():
-    """64 unit-norm latents in 4 clusters, and a small IMLE config with the mapper's moving average on: 2 rounds of
+IMLE_RULES = {"ema": dict(ema=0.8), "capacity": dict(matching="capacity", capacity_k=4),
+              "rejection": dict(matching="rejection", rejection_quantile=0.5),
+              "adaptive": dict(matching="adaptive", adaptive_gamma=0.02, adaptive_resample_every=5, rounds=3)}
+
+
+def imle_problem(**settings):
+    """64 unit-norm latents in 4 clusters, and a small IMLE config (``settings`` replace its fields): 2 rounds of
     one epoch, global batch 32 (``IMLE_BATCH`` per rank on 2 ranks, 64 / 32 = 2 steps a round)."""
+    from dataclasses import replace
+
     import torch.nn.functional as F
 
     from glann.config import IMLEConfig
@@ -73,8 +80,23 @@ def imle_problem():
     centers = F.normalize(torch.randn(4, 8, generator=g), dim=1)
     latents = F.normalize(centers[torch.arange(64) % 4] + 0.05 * torch.randn(64, 8, generator=g), dim=1)
     cfg = IMLEConfig(noise_dim=4, mapper=MapperConfig(hidden_dim=16), rounds=2, epochs_per_round=1,
-                     batch_size=IMLE_BATCH, lr=3e-3, ema=0.8)
-    return latents, cfg
+                     batch_size=IMLE_BATCH, lr=3e-3)
+    return latents, replace(cfg, **settings)
+
+
+def run_imle(latents, cfg, out: Path, world=None) -> dict:
+    """The IMLE stage through the shared loop; returns its exported and trained mappers and its matching state."""
+    from glann.imle import IMLEStage
+    from glann.training import LoopOptions, Schedule, fit
+
+    stage = IMLEStage(latents, cfg, out, torch.device("cpu"), seed=0, world=world)
+    schedule = Schedule(lr_decay_every=0, lr_decay=0.5, grid_every=0, checkpoint_every=1,
+                        checkpoint_minutes=float("inf"), lr_hint="imle.lr")
+    options = LoopOptions(progress=False) if world is None else LoopOptions(progress=False, world=world)
+    fit(stage, out, schedule, options)
+    return {"export": {k: v.clone() for k, v in stage.exported().state_dict().items()},
+            "net": {k: v.clone() for k, v in stage.net.state_dict().items()},
+            "state": {k: v.clone() for k, v in stage.match_state.items()}}
 
 
 def worker(rank: int, port: int, out: str) -> None:
@@ -118,18 +140,20 @@ def worker(rank: int, port: int, out: str) -> None:
         idx, dist, backend = nearest_neighbors_distributed(mine, queries, world)
         res[f"match_{'int' if integer else 'gauss'}"] = (idx, dist, backend)
         res["t"].append((f"match{integer}", time.time()))
-    # IMLE with imle.ema on 2 ranks: sharded matching, the mapper under DDP, the average updated on every rank.
-    from glann.imle import IMLEStage
-    from glann.training import LoopOptions, Schedule, fit
+    # IMLE on 2 ranks: imle.ema (the average updated on every rank) and the matching rules other than nearest
+    # (samples all-gathered, rank 0 selects and broadcasts); then a rule that fails on rank 0 must stop both ranks.
+    from glann.errors import ConfigError
 
-    latents, cfg = imle_problem()
-    stage = IMLEStage(latents, cfg, Path(out) / "imle", torch.device("cpu"), seed=0, world=world)
-    schedule = Schedule(lr_decay_every=0, lr_decay=0.5, grid_every=0, checkpoint_every=1,
-                        checkpoint_minutes=float("inf"), lr_hint="imle.lr")
-    fit(stage, Path(out) / "imle", schedule, LoopOptions(progress=False, world=world))
-    res["imle_ema"] = {k: v.clone() for k, v in stage.exported().state_dict().items()}
-    res["imle_net"] = {k: v.clone() for k, v in stage.net.state_dict().items()}
-    res["t"].append(("imle", time.time()))
+    for name, settings in IMLE_RULES.items():
+        latents, cfg = imle_problem(**settings)
+        res[f"imle_{name}"] = run_imle(latents, cfg, Path(out) / f"imle_{name}", world)
+        res["t"].append((f"imle_{name}", time.time()))
+    latents, cfg = imle_problem(matching="rejection", rejection_eps=100.0)
+    try:
+        run_imle(latents, cfg, Path(out) / "imle_all_rejected", world)
+        res["imle_all_rejected"] = None
+    except ConfigError as e:
+        res["imle_all_rejected"] = f"{type(e).__name__}: {e}"
     torch.save(res, Path(out) / f"rank{rank}.pt")
     gd.destroy()
 

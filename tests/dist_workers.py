@@ -93,8 +93,8 @@ def run_imle(latents, cfg, out: Path, world=None) -> dict:
     schedule = Schedule(lr_decay_every=0, lr_decay=0.5, grid_every=0, checkpoint_every=1,
                         checkpoint_minutes=float("inf"), lr_hint="imle.lr")
     options = LoopOptions(progress=False) if world is None else LoopOptions(progress=False, world=world)
-    fit(stage, out, schedule, options)
-    return {"export": {k: v.clone() for k, v in stage.exported().state_dict().items()},
+    row = fit(stage, out, schedule, options)
+    return {"loss": row["imle/loss"], "export": {k: v.clone() for k, v in stage.exported().state_dict().items()},
             "net": {k: v.clone() for k, v in stage.net.state_dict().items()},
             "state": {k: v.clone() for k, v in stage.match_state.items()}}
 

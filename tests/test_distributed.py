@@ -116,14 +116,15 @@ def test_sharded_matching_equals_brute_force(two_ranks, kind):
 def test_imle_on_two_ranks_equals_one_rank(two_ranks, tmp_path, rule):
     """IMLE on 2 ranks (per-rank batch 16) against 1 process (batch 32, the same global batches): imle.ema, and
     the rules other than nearest (each rank maps half of the samples, rank 0 selects among all of them). The trained
-    mapper, its export and the rule's state (adaptive: radii, rounds, held noise) agree within 1e-5 and are
-    identical on both ranks. With imle.ema the export must differ from the trained mapper (so it tests the average);
-    for adaptive, the third round re-matches only some points (so the carried state is exercised)."""
+    mapper, its export, the rule's state (adaptive: radii, rounds, held noise) and the logged loss agree within 1e-5
+    and are identical on both ranks. With imle.ema the export must differ from the trained mapper (so it tests the
+    average); for adaptive, the third round re-matches only some points (so the carried state is exercised)."""
     from dataclasses import replace
 
     latents, cfg = W.imle_problem(**W.IMLE_RULES[rule])
     one = W.run_imle(latents, replace(cfg, batch_size=2 * W.IMLE_BATCH), tmp_path)
     r0, r1 = two_ranks[0][f"imle_{rule}"], two_ranks[1][f"imle_{rule}"]
+    assert r0["loss"] == r1["loss"] == pytest.approx(one["loss"], rel=1e-5)  # the last round's loss, all images
     for key in ("export", "net", "state"):
         assert r0[key].keys() == one[key].keys() == r1[key].keys()
         for k, v in one[key].items():

@@ -74,7 +74,7 @@ def select_round(mapper: nn.Module, latents: torch.Tensor, cfg: IMLEConfig, rnd:
     search_on = match_device(cfg.knn_device, device)  # every rule searches there: no CPU faiss in a GPU run
     generated = map_noise(mapper, noise, device, out=search_on)
     if cfg.matching == "nearest":  # the classic rule, through the knn device the config names
-        idx, dist = nearest_neighbors(generated.to(search_on), latents.to(search_on), device=cfg.knn_device)
+        idx, dist = nearest_neighbors(generated, latents.to(search_on), device=cfg.knn_device)
         idx, dist = idx.cpu(), dist.cpu()
         return MatchResult(idx, dist, noise[idx], {}), {}
     return apply_rule(mapper, generated, latents.to(search_on), noise, cfg, rnd, device, state)
@@ -162,24 +162,26 @@ class IMLEStage:
         self.mapper.train()
 
     def _match_sharded(self, rng: torch.Generator) -> MatchResult:
-        n, cfg = len(self.latents), self.cfg
-        noise = torch.randn(cfg.samples_per_latent * n, cfg.noise_dim, generator=rng)  # the same on every rank
-        mine = gd.shard(len(noise), self.world)
-        generated = map_noise(self.net, noise[mine], self.device, out=self.device)
+        noise, generated = self._map_my_share(rng)
         # Global sample indices: the ranks' shares are consecutive from 0, so index i is noise[i].
         idx, dist, _ = nearest_neighbors_distributed(generated, self.latents.to(self.device), self.world)
         idx = idx.cpu()
         return MatchResult(idx, dist.cpu(), noise[idx], {})
+
+    def _map_my_share(self, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The round's m*n noise (the same on every rank) and this rank's share of it mapped, on the device."""
+        cfg = self.cfg
+        noise = torch.randn(cfg.samples_per_latent * len(self.latents), cfg.noise_dim, generator=rng)
+        return noise, map_noise(self.net, noise[gd.shard(len(noise), self.world)], self.device, out=self.device)
 
     def _select_gathered(self, unit: int, rng: torch.Generator) -> MatchResult:
         """Several ranks, a rule other than ``nearest``: each rank maps its share of the m*n noise, the shares are
         all-gathered, and rank 0 runs the rule on all of them, exactly as one process does, then sends every rank
         its selection and the rule's new state (so every rank trains on the same pairs and checkpoints one state).
         A rule's error on rank 0 (e.g. every sample rejected) is raised on every rank."""
-        n, cfg = len(self.latents), self.cfg
-        noise = torch.randn(cfg.samples_per_latent * n, cfg.noise_dim, generator=rng)  # the same on every rank
+        cfg = self.cfg
         search_on = match_device(cfg.knn_device, self.device)
-        mapped = map_noise(self.net, noise[gd.shard(len(noise), self.world)], self.device, out=self.device)
+        noise, mapped = self._map_my_share(rng)
         generated = gd.all_gather_tensor(mapped).to(search_on)  # rank order: row i is noise[i]
         outcome: tuple[MatchResult, dict] | ConfigError | None = None
         if self.world.is_main:

@@ -176,10 +176,8 @@ def _loop(stage: Stage, out_dir: Path, schedule: Schedule, opts: LoopOptions, un
                              f"resuming restarts this {stage.unit} from {state_path}")
                     raise Preempted(f"{stage.name}: stopped at {stage.unit} {unit}, batch {i + 1}; {where}")
         start_step = 0
-        if opts.world.distributed:  # the unit's loss over every rank's images, not rank 0's share alone
-            totals = gd.all_reduce_mean(torch.tensor([loss_sum, float(seen)], dtype=torch.float64))
-            totals *= opts.world.world_size
-            loss_sum, seen = totals[0].item(), round(totals[1].item())
+        if opts.world.distributed:  # the unit's loss over every rank's images (a ratio of means is one of sums)
+            loss_sum, seen = gd.all_reduce_mean(torch.tensor([loss_sum, seen], dtype=torch.float64)).tolist()
         seconds = time.perf_counter() - t0
         row = {stage.unit: unit + 1, f"{stage.name}/loss": loss_sum / max(seen, 1), **stage.end(unit),
                f"{stage.name}/{stage.unit}_seconds": seconds}

@@ -216,6 +216,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if not 0.0 < cfg.imle.lr_decay <= 1.0:
         raise ConfigError(f"imle.lr_decay must be in (0, 1], got {cfg.imle.lr_decay}")
     check_matching(cfg.imle)
+    check_categories(cfg.imle)
     _positive(cfg.sampler, "sampler.", ["grid_size", "batch_size"])
     _positive(cfg.loss, "loss.", ["lap_levels"])
     for key, value in (("glo.beta1", cfg.glo.beta1), ("glo.beta2", cfg.glo.beta2),
@@ -361,6 +362,19 @@ def check_count(value: Any, key: str, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"imle.{key} must be an integer >= 1 ({what}), got {value}")
     return value
+
+
+def check_categories(cfg: Any) -> Any:
+    """Check an IMLE config's ``mapper.categories`` against its ``noise_dim``; return the config."""
+    k = cfg.mapper.categories
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ConfigError(f"imle.mapper.categories must be an integer >= 0 (0: off), got {k!r}")
+    if k == 1:
+        raise ConfigError("imle.mapper.categories=1 is one category: use 0 (off) or at least 2")
+    if k and cfg.noise_dim < 2:
+        raise ConfigError(f"imle.mapper.categories={k} takes the first noise coordinate for the category, so "
+                          f"imle.noise_dim must be at least 2 (got {cfg.noise_dim})")
+    return cfg
 
 
 def check_matching(cfg: Any) -> Any:

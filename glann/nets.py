@@ -43,6 +43,7 @@ class MapperConfig:
     hidden_dim: int = 256
     num_layers: int = 3  # linear layers
     project_to_sphere: bool = True  # map outputs onto the unit sphere, where GLO latents live
+    categories: int = 0  # > 0: the first noise coordinate picks one of this many equally likely categories (0: off)
 
 
 @dataclass
@@ -105,21 +106,50 @@ class Generator(nn.Module):
 
 
 class Mapper(nn.Module):
-    """IMLE mapper: an MLP from Gaussian noise to the GLO latent space (optionally onto its sphere)."""
+    """IMLE mapper: an MLP from Gaussian noise to the GLO latent space (optionally onto its sphere).
+
+    With ``categories`` = K > 0 the prior has a discrete part. The first noise coordinate picks one of K equally
+    likely categories (its normal CDF cut into K equal slices), the other coordinates are the continuous noise, and
+    each category adds its own learned vector to the first layer's pre-activations: equivalent to feeding a one-hot
+    category beside the noise. A continuous map from a connected Gaussian must pass through the space between
+    separated modes, and the samples it puts there are never data-like; a category boundary is a jump instead, so
+    different categories can settle on different modes with nothing in between (BENCHMARKS.md, "Categories").
+    The noise a sampler draws is unchanged (standard normal, ``noise_dim`` coordinates).
+    """
 
     def __init__(self, arch: MapperArch):
         super().__init__()
         self.arch = arch
-        dims = [arch.noise_dim] + [arch.hidden_dim] * (arch.num_layers - 1) + [arch.latent_dim]
+        k = arch.categories
+        dims = [arch.noise_dim - (1 if k else 0)] + [arch.hidden_dim] * (arch.num_layers - 1) + [arch.latent_dim]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             layers.append(nn.Linear(a, b))
             if i < len(dims) - 2:
                 layers.append(nn.LeakyReLU(0.2, inplace=True))
         self.net = nn.Sequential(*layers)
+        self.category_bias = nn.Embedding(k, dims[1]) if k else None
+        if self.category_bias is not None:  # unit scale: categories start at clearly different outputs
+            nn.init.normal_(self.category_bias.weight, std=1.0)
+
+    def category(self, noise: torch.Tensor) -> torch.Tensor:
+        """Each noise row's category in [0, K): Phi(noise[:, 0]) cut into K equal slices, so all are equally likely."""
+        u = torch.special.ndtr(noise[:, 0].float())
+        return (u * self.arch.categories).long().clamp_(0, self.arch.categories - 1)
+
+    def scale_noise(self, noise: torch.Tensor, temperature: float) -> torch.Tensor:
+        """``noise`` at ``temperature``: the continuous coordinates scaled, the category coordinate left alone (so
+        every category stays equally likely)."""
+        if self.category_bias is None:
+            return noise * temperature
+        return torch.cat([noise[:, :1], noise[:, 1:] * temperature], 1)
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
-        out = self.net(noise)
+        if self.category_bias is None:
+            out = self.net(noise)
+        else:
+            h = self.net[0](noise[:, 1:]) + self.category_bias(self.category(noise))
+            out = self.net[1:](h)
         return F.normalize(out, dim=1) if self.arch.project_to_sphere else out
 
 

@@ -139,7 +139,7 @@ class GlannSampler:
             raise ValueError(f"output_type must be 'np', 'tensor' or 'pil', got {output_type!r}")
         noise = self.noise(num_samples, seed, generator)
         if temperature != 1.0:
-            noise = noise * temperature
+            noise = self.mapper.scale_noise(noise, temperature)
         chunks = []
         for s in tqdm(range(0, num_samples, batch_size), desc="sample", unit="batch", disable=not progress):
             z = self.mapper(noise[s:s + batch_size].to(self.device, self.dtype))

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from glann.artifacts import load_network
-from glann.config import IMLEConfig, MapperConfig, check_matching, check_mode
+from glann.config import IMLEConfig, MapperConfig, check_categories, check_matching, check_mode
 from glann.errors import ConfigError
 from glann.imle import map_noise, train_imle
 from glann.nets import Mapper
@@ -66,7 +66,7 @@ TOY_MATCHING: dict[str, dict] = {
     "adaptive": {"adaptive_gamma": 0.04, "adaptive_resample_every": 10},
     "capacity": {"capacity": 1, "capacity_k": 16},
 }
-_MAPPER_KEYS = ("hidden_dim", "num_layers")
+_MAPPER_KEYS = ("hidden_dim", "num_layers", "categories")
 
 
 def toy_config(matching: str = "rejection", rounds: int = 250, **overrides: Any) -> IMLEConfig:
@@ -80,13 +80,13 @@ def toy_config(matching: str = "rejection", rounds: int = 250, **overrides: Any)
     if unknown:
         raise ConfigError(f"run_toy: unknown IMLE setting(s) {unknown}; choose from {sorted(known)}")
     mapper = MapperConfig(hidden_dim=overrides.pop("hidden_dim", 256), num_layers=overrides.pop("num_layers", 4),
-                          project_to_sphere=False)
+                          project_to_sphere=False, categories=overrides.pop("categories", 0))
     settings: dict[str, Any] = dict(noise_dim=2, mapper=mapper, rounds=rounds, epochs_per_round=1,
                                     samples_per_latent=2, batch_size=128, lr=3e-3,
                                     lr_decay_every=max(rounds // 8, 1), lr_decay=0.5, grid_every=0,
                                     matching=matching, **TOY_MATCHING[matching])
     settings.update(overrides)
-    return check_matching(IMLEConfig(**settings))
+    return check_categories(check_matching(IMLEConfig(**settings)))
 
 
 def run_toy(kind: str = "ring", n: int = 2000, rounds: int = 250, seed: int = 0, num_samples: int = 2500,

@@ -63,7 +63,8 @@ def matching_problem(integer: bool):
 
 IMLE_RULES = {"ema": dict(ema=0.8), "capacity": dict(matching="capacity", capacity_k=4),
               "rejection": dict(matching="rejection", rejection_quantile=0.5),
-              "adaptive": dict(matching="adaptive", adaptive_gamma=0.02, adaptive_resample_every=5, rounds=3)}
+              "adaptive": dict(matching="adaptive", adaptive_gamma=0.02, adaptive_resample_every=5, rounds=3),
+              "categories": dict(mapper=dict(hidden_dim=16, categories=4))}  # nearest's sharded search
 
 
 def imle_problem(**settings):
@@ -81,6 +82,8 @@ def imle_problem(**settings):
     latents = F.normalize(centers[torch.arange(64) % 4] + 0.05 * torch.randn(64, 8, generator=g), dim=1)
     cfg = IMLEConfig(noise_dim=4, mapper=MapperConfig(hidden_dim=16), rounds=2, epochs_per_round=1,
                      batch_size=IMLE_BATCH, lr=3e-3)
+    if isinstance(settings.get("mapper"), dict):
+        settings["mapper"] = MapperConfig(**settings["mapper"])
     return latents, replace(cfg, **settings)
 
 

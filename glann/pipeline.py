@@ -131,6 +131,8 @@ def run(cfg: TrainConfig, run_dir: Path, stop: StopFlag = NO_STOP, progress: boo
     main = world.is_main
     log.info("run folder %s, device %s%s", run_dir, device,
              f", rank {world.rank} of {world.world_size}" if world.distributed else "")
+    if not main:  # one account of the run: rank 0 logs progress; the others announce themselves, then warnings only
+        logging.getLogger("glann").setLevel(logging.WARNING)
     build_tracker(cfg.logger.name, run_dir, enabled=False)  # a missing tracker package fails before any work
     data = load_dataset(cfg.data, cfg.seed)
     check_ranks(world, len(data))

@@ -41,6 +41,11 @@ def test_two_ranks_train_one_pipeline_into_one_run_folder(tmp_path):
     images = GlannSampler.from_pretrained(run / "sampler")(4, seed=0).images
     assert images.shape == (4, 16, 16, 1)
     assert json.loads((run / "results.json").read_text())["imle/nn_dist"] > 0
+    # one account of the run in the shared log: each rank announces itself, then rank 0 alone logs progress
+    logged = (run / "train.log").read_text() + err
+    assert "rank 0 of 2" in logged and "rank 1 of 2" in logged
+    for epoch in (1, 2, 3):
+        assert (run / "train.log").read_text().count(f"glo: epoch {epoch}/3 loss") == 1
 
 
 def test_a_two_rank_run_killed_resumes_on_one_process(tmp_path):

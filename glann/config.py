@@ -346,15 +346,22 @@ def check_interval(every: Any) -> int:
 _LATER_SETTINGS: dict[str, Callable[[dict], tuple[str, ...]]] = {
     "glo": lambda d: ("latent_noise",) if d.get("latent_noise") == 0 else (),
     "imle": lambda d: (("capacity", "capacity_k") if d.get("matching") != "capacity" else ())
-    + (("seed",) if d.get("seed") is None else ()) + (("ema",) if d.get("ema") == 0 else ()),
+    + (("seed",) if d.get("seed") is None else ()) + (("ema",) if d.get("ema") == 0 else ())
+    + (("mapper.categories",) if d.get("mapper", {}).get("categories") == 0 else ()),
 }
 
 
 def stage_settings(group: str, cfg: Any) -> dict:
-    """``asdict`` of a config group, without the later settings that do not change what the stage computes."""
+    """``asdict`` of a config group, without the later settings that do not change what the stage computes (a dotted
+    name, ``mapper.categories``, is a key of a nested group)."""
     d = asdict(cfg)
-    drop = _LATER_SETTINGS[group](d) if group in _LATER_SETTINGS else ()
-    return {k: v for k, v in d.items() if k not in drop}
+    for key in _LATER_SETTINGS[group](d) if group in _LATER_SETTINGS else ():
+        *parents, leaf = key.split(".")
+        inner = d
+        for p in parents:
+            inner = inner[p]
+        del inner[leaf]
+    return d
 
 
 def check_count(value: Any, key: str, what: str) -> int:

@@ -123,3 +123,14 @@ def test_categories_leave_fewer_samples_between_the_ring_modes():
     # measured: medians 12.8% against 1.4% (seeds 23.9 / 12.8 / 2.9 against 1.4 / 2.0 / 0.5); with the category
     # ignored by the forward pass, 2.3% against 1.4%
     assert statistics.median(hq[16]) > statistics.median(hq[0]) + 5, hq
+
+
+def test_categories_enter_the_imle_digest_only_when_set():
+    """Stages written before the setting existed keep their digest (tests/test_capacity.py pins those values);
+    categories > 0 is another stage, which neither reuses nor resumes one trained without them."""
+    from test_capacity import _imle_keys
+
+    assert _imle_keys("imle.mapper.categories=0") == _imle_keys() == ("f305a78721bcc83c", "680dddcfeb1cd00d")
+    with_k = _imle_keys("imle.mapper.categories=4")
+    assert with_k[0] != _imle_keys()[0] and with_k[1] != _imle_keys()[1]
+    assert with_k != _imle_keys("imle.mapper.categories=8")

@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import argparse
 import colorsys
-import tempfile
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
 from glann import knn
-from glann.artifacts import load_network
-from glann.imle import map_noise, train_imle
-from glann.nets import Mapper
-from glann.toy import TOY_STD, mixture_centers, mode_metrics, sample_mixture, toy_config
+from glann.toy import TOY_STD, mixture_centers, mode_metrics, train_toy
 
 PANEL, MARGIN = 360, 22
 EXTENT = {"ring": 2.6, "grid": 5.0}  # half-width of the plotted square, in data units
@@ -30,16 +26,8 @@ EXTENT = {"ring": 2.6, "grid": 5.0}  # half-width of the plotted square, in data
 
 def train(kind: str, seed: int, rounds: int, categories: int) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """(samples, their categories or None, metrics) of one IMLE run on ``kind``."""
-    if categories:
-        cfg = toy_config("rejection", rounds, categories=categories, noise_dim=3, rejection_quantile=0.8)
-    else:
-        cfg = toy_config("rejection", rounds)
-    data = sample_mixture(kind, 2000, seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        train_imle(data, cfg, Path(tmp), torch.device("cpu"), seed=seed, progress=False)
-        mapper = load_network(Path(tmp) / "mapper", kind=Mapper)
-    noise = torch.randn(2500, cfg.noise_dim, generator=torch.Generator().manual_seed(seed + 1))
-    samples = map_noise(mapper, noise, torch.device("cpu"))
+    settings = dict(categories=categories, noise_dim=3, rejection_quantile=0.8) if categories else {}
+    mapper, noise, samples, data = train_toy(kind, rounds=rounds, seed=seed, matching="rejection", **settings)
     cats = mapper.category(noise) if categories else None
     return samples, cats, mode_metrics(samples, kind, data=data)
 

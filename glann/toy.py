@@ -89,6 +89,19 @@ def toy_config(matching: str = "rejection", rounds: int = 250, **overrides: Any)
     return check_categories(check_matching(IMLEConfig(**settings)))
 
 
+def train_toy(kind: str = "ring", n: int = 2000, rounds: int = 250, seed: int = 0, num_samples: int = 2500,
+              matching: str = "rejection", **overrides: Any) -> tuple[Mapper, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Train IMLE (glann's IMLE stage, :func:`glann.imle.train_imle`) on ``n`` points of a 2-D mixture; return
+    (trained mapper, ``num_samples`` noise rows, their samples, the data points). Settings as in :func:`run_toy`."""
+    cfg = toy_config(matching, rounds, **overrides)
+    data = sample_mixture(kind, n, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        train_imle(data, cfg, Path(tmp), torch.device("cpu"), seed=seed, progress=False)
+        mapper = load_network(Path(tmp) / "mapper", kind=Mapper)
+    noise = torch.randn(num_samples, cfg.noise_dim, generator=torch.Generator().manual_seed(seed + 1))
+    return mapper, noise, map_noise(mapper, noise, torch.device("cpu")), data
+
+
 def run_toy(kind: str = "ring", n: int = 2000, rounds: int = 250, seed: int = 0, num_samples: int = 2500,
             matching: str = "rejection", **overrides: Any) -> dict:
     """Train IMLE (glann's IMLE stage, :func:`glann.imle.train_imle`) on ``n`` points of a 2-D mixture and report
@@ -97,12 +110,6 @@ def run_toy(kind: str = "ring", n: int = 2000, rounds: int = 250, seed: int = 0,
     ``matching`` and ``overrides`` (any IMLEConfig field, e.g. ``rejection_quantile=0.7``, ``samples_per_latent=4``,
     ``hidden_dim=128``) are passed to :func:`toy_config`. Torch's thread count is left to the caller.
     """
-    cfg = toy_config(matching, rounds, **overrides)
-    data = sample_mixture(kind, n, seed)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        train_imle(data, cfg, Path(tmp), torch.device("cpu"), seed=seed, progress=False)
-        mapper = load_network(Path(tmp) / "mapper", kind=Mapper)
-    noise = torch.randn(num_samples, cfg.noise_dim, generator=torch.Generator().manual_seed(seed + 1))
-    samples = map_noise(mapper, noise, torch.device("cpu"))
+    _, _, samples, data = train_toy(kind, n, rounds, seed, num_samples, matching, **overrides)
     return {**mode_metrics(samples, kind, data=data), "seconds": time.perf_counter() - t0}

@@ -1,6 +1,6 @@
 """Picture of the 2-D toys: IMLE samples with and without prior categories, one panel each.
 
-    python bench/toy_plot.py [--out docs/toy_categories.png] [--seed 0] [--rounds 500]
+    python bench/toy_plot.py [--out docs/toy_categories.png] [--seed 0] [--rounds 750]
 
 Trains glann's IMLE stage (glann.toy.toy_config) on the ring and the grid twice: the best rule without categories
 (rejection, quantile 0.6, 2-d noise, 250 rounds: bench/toy.py's rows) and with 2 categories per mode (rejection,
@@ -61,7 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("docs/toy_categories.png"))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rounds", type=int, default=500)
+    ap.add_argument("--rounds", type=int, default=750)
     args = ap.parse_args()
     torch.set_num_threads(1)
     if knn.faiss is not None:

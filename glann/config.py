@@ -106,6 +106,8 @@ class SamplerConfig:
     grid_size: int = 100  # images in the final sample grid
     batch_size: int = 500
     seed: int = 0
+    # density-correction strength the exported sampler uses by default (glann.resample; 0: off)
+    correction: float = 0.5
 
 
 @dataclass
@@ -121,6 +123,7 @@ class EvalOptions:
     device: str = "auto"
     progress: bool = True
     temperature: float = 1.0  # noise scale when sampling (1: the trained prior)
+    correction: float | None = None  # density-correction strength (glann.resample); None: the sampler's default
 
 
 @dataclass
@@ -160,6 +163,7 @@ class SampleConfig:
     grid: bool = True  # also write a grid PNG next to the output
     device: str = "auto"
     temperature: float = 1.0  # noise scale (1: the trained prior)
+    correction: float | None = None  # density-correction strength (glann.resample); None: the sampler's default
     mode: str = "sample"  # sample | interpolate (one row of the grid per pair of random endpoints)
     interpolation_steps: int = 8  # images per pair, both endpoints included
     num_pairs: int = 8  # interpolate: number of pairs (rows)
@@ -218,6 +222,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     check_matching(cfg.imle)
     check_categories(cfg.imle)
     _positive(cfg.sampler, "sampler.", ["grid_size", "batch_size"])
+    check_correction(cfg.sampler.correction, "sampler.correction")
     _positive(cfg.loss, "loss.", ["lap_levels"])
     for key, value in (("glo.beta1", cfg.glo.beta1), ("glo.beta2", cfg.glo.beta2),
                        ("imle.beta1", cfg.imle.beta1), ("imle.beta2", cfg.imle.beta2)):
@@ -264,6 +269,8 @@ def validate_sample(cfg: SampleConfig) -> SampleConfig:
         raise ConfigError("sampler_dir is required: glann-sample sampler_dir=outputs/<run>/<time>/sampler")
     _positive(cfg, "", ["num_samples", "batch_size"])
     check_temperature(cfg.temperature, "temperature")
+    if cfg.correction is not None:
+        check_correction(cfg.correction, "correction")
     if cfg.mode not in ("sample", "interpolate"):
         raise ConfigError(f"mode must be 'sample' or 'interpolate', got {cfg.mode!r}")
     if cfg.mode == "interpolate":
@@ -409,6 +416,13 @@ def check_temperature(value: Any, key: str) -> float:
     return float(value)
 
 
+def check_correction(value: Any, key: str) -> float:
+    """A density-correction strength must be a finite number >= 0; the error names ``key``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{key} must be a finite number >= 0 (0: off, 0.5: the default), got {value}")
+    return float(value)
+
+
 # -- evaluation options: pure config checks, run before any expensive work -----------------------------
 
 METRICS = ("fid", "kid", "pr", "recon_fid", "glo_gaussian", "memorization", "modes", "neighbours")
@@ -439,6 +453,8 @@ def check_eval_options(opts: EvalOptions) -> None:
     if opts.num_samples <= 0 or opts.num_real <= 0:
         raise ConfigError("num_samples and num_real must be positive")
     check_temperature(opts.temperature, "eval.temperature")
+    if opts.correction is not None:
+        check_correction(opts.correction, "eval.correction")
     if opts.fid_stats and not Path(opts.fid_stats).expanduser().is_file():
         raise ConfigError(f"eval.fid_stats={opts.fid_stats}: no such file")
     if any(m not in NO_INCEPTION for m in opts.metrics):

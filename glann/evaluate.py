@@ -232,8 +232,9 @@ def evaluate(sampler_dir: Path | None, data_cfg: DataConfig, opts: EvalOptions, 
     if opts.temperature != 1.0:
         results["temperature"] = opts.temperature
     if sampler is not None:
+        results["correction"] = sampler.correction_strength(opts.correction)
         samples = sampler(opts.num_samples, seed=opts.seed, batch_size=500, progress=opts.progress,
-                          temperature=opts.temperature).images
+                          temperature=opts.temperature, correction=opts.correction).images
     else:
         assert images is not None
         samples = np.ascontiguousarray(images[:opts.num_samples])

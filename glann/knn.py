@@ -88,6 +88,44 @@ def search_cpu(index, q: np.ndarray, threads: int | None = None, k: int = 1) -> 
     return dist, idx
 
 
+def _check_knn_inputs(database: torch.Tensor, queries: torch.Tensor, backend: str) -> None:
+    if backend not in ("auto", "faiss", "torch"):
+        raise ValueError(f"backend must be 'auto', 'faiss' or 'torch', got {backend!r}")
+    if database.ndim != 2 or queries.ndim != 2 or database.shape[1] != queries.shape[1]:
+        raise ValueError(f"need 2-D arrays of equal width, got {tuple(database.shape)} and {tuple(queries.shape)}")
+    if database.shape[0] == 0:
+        raise ValueError("empty database")
+
+
+def search_k(database: torch.Tensor, queries: torch.Tensor, k: int,
+             backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact k-NN of each query row among ``database`` rows (L2), nearest first: (index int64 (Q, k), distance
+    float32 (Q, k)), on the CPU. ``k`` is capped at the database size. Backends as :func:`glann.matching.search`;
+    the torch search runs on the tensors' device in query chunks of at most 2^28 distances."""
+    _check_knn_inputs(database, queries, backend)
+    k = min(k, database.shape[0])
+    on_cuda = database.is_cuda or queries.is_cuda
+    if backend == "torch" or faiss is None or (backend == "auto" and on_cuda):
+        dev = database.device if database.is_cuda else queries.device
+        db = database.to(dev, torch.float32)
+        db_sq = (db * db).sum(1)
+        rows = max(1, (1 << 28) // db.shape[0])
+        idx_out, dist_out = [], []
+        for s in range(0, queries.shape[0], rows):
+            q = queries[s:s + rows].to(dev, torch.float32)
+            d2 = torch.addmm(db_sq, q, db.T, alpha=-2.0) + (q * q).sum(1, keepdim=True)
+            best, arg = d2.topk(k, dim=1, largest=False, sorted=True)
+            idx_out.append(arg.cpu())
+            dist_out.append(best.clamp_min(0).sqrt().cpu())
+        return torch.cat(idx_out), torch.cat(dist_out)
+    db_np = np.ascontiguousarray(database.detach().cpu().numpy(), dtype=np.float32)
+    q_np = np.ascontiguousarray(queries.detach().cpu().numpy(), dtype=np.float32)
+    index = faiss.IndexFlatL2(db_np.shape[1])
+    index.add(db_np)
+    d2_np, idx_np = search_cpu(index, q_np, k=k)
+    return torch.from_numpy(idx_np.astype(np.int64)), torch.from_numpy(np.sqrt(np.maximum(d2_np, 0)))
+
+
 def _torch_nn(database: torch.Tensor, queries: torch.Tensor, device: str, chunk: int):
     db = database.to(device, torch.float32)
     db_sq = (db * db).sum(1)

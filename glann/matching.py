@@ -38,13 +38,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
-from glann import knn
 from glann.config import check_count, check_eps, check_gamma, check_interval, check_mode, check_quantile
 from glann.errors import ArtifactError, ConfigError
-from glann.knn import _torch_nn, faiss_gpu_available, nearest_neighbors, search_cpu
+from glann.knn import _check_knn_inputs, _torch_nn, faiss_gpu_available, nearest_neighbors, search_k
 
 STATE_KEYS = ("tau", "last_match", "noise")
 
@@ -73,55 +71,17 @@ class MatchResult:
 
 # ---------------------------------------------------------------- exact search
 
-def _check_search(database: torch.Tensor, queries: torch.Tensor, backend: str) -> None:
-    if backend not in ("auto", "faiss", "torch"):
-        raise ValueError(f"backend must be 'auto', 'faiss' or 'torch', got {backend!r}")
-    if database.ndim != 2 or queries.ndim != 2 or database.shape[1] != queries.shape[1]:
-        raise ValueError(f"need 2-D arrays of equal width, got {tuple(database.shape)} and {tuple(queries.shape)}")
-    if database.shape[0] == 0:
-        raise ValueError("empty database")
-
-
 def search(database: torch.Tensor, queries: torch.Tensor, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Exact 1-NN of each query row among ``database`` rows (L2): (index int64 (Q,), distance float32 (Q,)), CPU.
 
     ``backend``: "faiss" (glann.knn: flat index, GPU when faiss has one), "torch" (chunked matmul on the
     tensors' device), or "auto": faiss, except torch for CUDA tensors when faiss has no GPU support.
     """
-    _check_search(database, queries, backend)
+    _check_knn_inputs(database, queries, backend)
     on_cuda = database.is_cuda or queries.is_cuda
     if backend == "torch" or (backend == "auto" and on_cuda and not faiss_gpu_available()):
         return _torch_nn(database, queries, str(database.device), 8192)
     return nearest_neighbors(database, queries, device="cuda" if on_cuda else "cpu")
-
-
-def search_k(database: torch.Tensor, queries: torch.Tensor, k: int,
-             backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact k-NN of each query row among ``database`` rows (L2), nearest first: (index int64 (Q, k), distance
-    float32 (Q, k)), on the CPU. ``k`` is capped at the database size. Backends as :func:`search`; the torch
-    search runs on the tensors' device in query chunks of at most 2^28 distances."""
-    _check_search(database, queries, backend)
-    k = min(k, database.shape[0])
-    on_cuda = database.is_cuda or queries.is_cuda
-    if backend == "torch" or knn.faiss is None or (backend == "auto" and on_cuda):
-        dev = database.device if database.is_cuda else queries.device
-        db = database.to(dev, torch.float32)
-        db_sq = (db * db).sum(1)
-        rows = max(1, (1 << 28) // db.shape[0])
-        idx_out, dist_out = [], []
-        for s in range(0, queries.shape[0], rows):
-            q = queries[s:s + rows].to(dev, torch.float32)
-            d2 = torch.addmm(db_sq, q, db.T, alpha=-2.0) + (q * q).sum(1, keepdim=True)
-            best, arg = d2.topk(k, dim=1, largest=False, sorted=True)
-            idx_out.append(arg.cpu())
-            dist_out.append(best.clamp_min(0).sqrt().cpu())
-        return torch.cat(idx_out), torch.cat(dist_out)
-    db_np = np.ascontiguousarray(database.detach().cpu().numpy(), dtype=np.float32)
-    q_np = np.ascontiguousarray(queries.detach().cpu().numpy(), dtype=np.float32)
-    index = knn.faiss.IndexFlatL2(db_np.shape[1])
-    index.add(db_np)
-    d2_np, idx_np = search_cpu(index, q_np, k=k)
-    return torch.from_numpy(idx_np.astype(np.int64)), torch.from_numpy(np.sqrt(np.maximum(d2_np, 0)))
 
 
 def _dist_stats(dist: torch.Tensor) -> dict:

@@ -189,8 +189,11 @@ def run(cfg: TrainConfig, run_dir: Path, stop: StopFlag = NO_STOP, progress: boo
 
 def export_sampler(cfg: TrainConfig, run_dir: Path, folders: dict[str, Path], device: torch.device) -> dict:
     """Write the self-contained ``run_dir/sampler`` folder and ``samples.png``; evaluate it if asked."""
+    # the training codes go with the sampler: its density correction compares the mapper's codes with them
+    latents = artifacts.load_tensors(folders["glo"] / "latents.safetensors")["latents"]
     sampler = GlannSampler(artifacts.load_network(folders["imle"] / "mapper", device, Mapper),
-                           artifacts.load_network(folders["glo"] / "generator", device, Generator))
+                           artifacts.load_network(folders["glo"] / "generator", device, Generator), reference=latents,
+                           correction=cfg.sampler.correction)
     sampler_dir = sampler.save_pretrained(run_dir / "sampler", loss=asdict(cfg.loss))  # inversion reuses the loss
     images = sampler(cfg.sampler.grid_size, seed=cfg.sampler.seed, batch_size=cfg.sampler.batch_size,
                      output_type="tensor").images

@@ -60,7 +60,8 @@ def sample(cfg: DictConfig) -> str:
     if conf.mode == "interpolate":
         return write_interpolations(sampler, conf, output)
     images = sampler(conf.num_samples, seed=conf.seed, batch_size=conf.batch_size, output_type="np",
-                     progress=True, temperature=conf.temperature).images
+                     progress=True, temperature=conf.temperature,
+                     correction=conf.correction).images
     path = write_samples(images, output)
     log.info("wrote %d images %s to %s", len(images), images.shape[1:], path)
     if conf.grid:

@@ -3,8 +3,10 @@
     sampler = GlannSampler.from_pretrained("outputs/glann/<time>/sampler")
     images = sampler(16, seed=0).images          # uint8 (16, H, W, C)
 
-The folder holds ``sampler.json`` plus ``mapper/`` and ``generator/`` (config.json + model.safetensors).
-Classes are rebuilt from glann's fixed registry, never from a class path read from disk.
+The folder holds ``sampler.json`` plus ``mapper/`` and ``generator/`` (config.json + model.safetensors), and
+``reference.safetensors``: the training set's GLO codes (up to 60k), which the density correction compares the mapper's
+codes with (:mod:`glann.resample`). Classes are rebuilt from glann's fixed registry, never from a class path read
+from disk.
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from glann import artifacts
-from glann.config import LossConfig
+from glann import artifacts, resample
+from glann.config import LossConfig, check_correction
 from glann.data import conform_images
 from glann.errors import ArtifactError, DataError
 from glann.files import read_json, write_json
@@ -33,6 +35,7 @@ from glann.version import __version__
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("mapper", "generator")
+REFERENCE_FILE = "reference.safetensors"
 
 
 @dataclass
@@ -42,13 +45,25 @@ class SamplerOutput:
 
 
 class GlannSampler:
-    def __init__(self, mapper: Mapper, generator: Generator):
+    def __init__(self, mapper: Mapper, generator: Generator, reference: torch.Tensor | None = None,
+                 correction: float = resample.DEFAULT_STRENGTH):
+        """``reference``: training-set GLO codes (N, latent_dim) for the density correction (:meth:`__call__`);
+        without them the sampler draws uncorrected samples only. ``correction``: the strength a call uses by
+        default when there are reference codes (recorded in sampler.json)."""
         if mapper.arch.latent_dim != generator.arch.latent_dim:
             raise ArtifactError(f"mapper outputs {mapper.arch.latent_dim}-d latents but the generator takes "
                                 f"{generator.arch.latent_dim}-d ones")
+        if reference is not None and (reference.ndim != 2 or reference.shape[1] != mapper.arch.latent_dim
+                                      or len(reference) == 0):
+            raise ArtifactError(f"reference codes must be (N > 0, {mapper.arch.latent_dim}), got shape "
+                                f"{tuple(reference.shape)}")
         self.mapper = mapper.eval()
         self.generator = generator.eval()
+        self.reference = None if reference is None else resample.subsample_reference(reference)
+        self.default_correction = check_correction(correction, "correction")
         self.loss_config: dict | None = None  # the stage-1 loss settings (LossConfig fields), used by invert
+        self._model_codes: dict[float, torch.Tensor] = {}  # the mapper's reference codes, per temperature
+        self._warned_reference = False
 
     @property
     def noise_dim(self) -> int:
@@ -70,6 +85,7 @@ class GlannSampler:
     def to(self, device: Any = None, dtype: torch.dtype | None = None) -> GlannSampler:
         self.mapper.to(device=device, dtype=dtype)
         self.generator.to(device=device, dtype=dtype)
+        self._model_codes.clear()
         return self
 
     def save_pretrained(self, folder: str | Path, loss: dict | None = None) -> Path:
@@ -81,6 +97,10 @@ class GlannSampler:
         meta = {"components": {name: type(getattr(self, name)).__name__ for name in COMPONENTS},
                 "noise_dim": self.noise_dim, "image_shape": list(self.image_shape), "value_range": [0, 1],
                 "glann_version": __version__}
+        if self.reference is not None:
+            artifacts.save_tensors(folder / REFERENCE_FILE, {"latents": self.reference})
+            meta["reference_codes"] = len(self.reference)
+            meta["correction"] = self.default_correction
         loss = loss if loss is not None else self.loss_config
         if loss is not None:
             meta["loss"] = dict(loss)
@@ -98,8 +118,18 @@ class GlannSampler:
         if missing:
             raise ArtifactError(f"sampler directory {folder} is incomplete: missing component(s) {missing} "
                                 "(each needs config.json and model.safetensors)")
+        reference = None
+        if (folder / REFERENCE_FILE).is_file():
+            tensors = artifacts.load_tensors(folder / REFERENCE_FILE)
+            if "latents" not in tensors:
+                raise ArtifactError(f"{folder / REFERENCE_FILE} has no 'latents' tensor")
+            reference = tensors["latents"]
+        elif meta.get("reference_codes"):
+            raise ArtifactError(f"sampler directory {folder} is incomplete: sampler.json lists "
+                                f"{meta['reference_codes']} reference codes but {REFERENCE_FILE} is missing")
         sampler = cls(artifacts.load_network(folder / "mapper", device, Mapper),
-                      artifacts.load_network(folder / "generator", device, Generator))
+                      artifacts.load_network(folder / "generator", device, Generator), reference,
+                      meta.get("correction", resample.DEFAULT_STRENGTH))
         if meta.get("noise_dim") not in (None, sampler.noise_dim):
             raise ArtifactError(f"{folder / 'sampler.json'} says noise_dim={meta['noise_dim']} but the mapper "
                                 f"takes {sampler.noise_dim}")
@@ -122,12 +152,18 @@ class GlannSampler:
     @torch.no_grad()
     def __call__(self, num_samples: int, seed: int | None = 0, generator: torch.Generator | None = None,
                  batch_size: int = 500, output_type: str = "np", progress: bool = False,
-                 temperature: float = 1.0) -> SamplerOutput:
+                 temperature: float = 1.0, correction: float | None = None) -> SamplerOutput:
         """Draw ``num_samples`` images: Gaussian noise -> mapper -> generator.
 
         ``seed`` (or an explicit CPU ``generator``) fixes the noise, which is drawn up front, so the same seed gives
         the same images at any ``batch_size``. ``temperature`` scales the noise; 1 samples the prior the mapper was
         trained on (on MNIST, lower was measured worse, not sharper: BENCHMARKS.md "Sampling temperature").
+        ``correction``: strength of the density correction (:mod:`glann.resample`): 6 candidate codes are drawn per
+        image and ``num_samples`` of them kept, with probability proportional to the estimated
+        p_data / p_model at the code raised to ``correction``. It gives the clusters IMLE under-samples their
+        share back (BENCHMARKS.md "Density correction"). ``None``: the sampler's default (sampler.json; 0.5
+        unless the training config's ``sampler.correction`` said otherwise) when it has reference codes (every
+        folder glann exports), else 0; ``0``: plain samples.
         ``output_type``: ``"np"`` uint8 (N, H, W, C), ``"tensor"`` float (N, C, H, W) in [0, 1] on the CPU,
         ``"pil"`` PIL images.
         """
@@ -137,12 +173,22 @@ class GlannSampler:
             raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
         if output_type not in ("np", "tensor", "pil"):
             raise ValueError(f"output_type must be 'np', 'tensor' or 'pil', got {output_type!r}")
-        noise = self.noise(num_samples, seed, generator)
-        if temperature != 1.0:
-            noise = self.mapper.scale_noise(noise, temperature)
+        strength = self.correction_strength(correction)
+        if generator is None:
+            generator = torch.Generator().manual_seed(0 if seed is None else seed)
+        codes: torch.Tensor | None = None
+        if strength > 0:
+            codes = self._corrected_codes(num_samples, generator, temperature, strength, batch_size)
+        else:
+            noise = self.noise(num_samples, generator=generator)
+            if temperature != 1.0:
+                noise = self.mapper.scale_noise(noise, temperature)
         chunks = []
         for s in tqdm(range(0, num_samples, batch_size), desc="sample", unit="batch", disable=not progress):
-            z = self.mapper(noise[s:s + batch_size].to(self.device, self.dtype))
+            if codes is not None:
+                z = codes[s:s + batch_size].to(self.device, self.dtype)
+            else:
+                z = self.mapper(noise[s:s + batch_size].to(self.device, self.dtype))
             chunks.append(self.generator(z).float().cpu())
         images = torch.cat(chunks)
         if output_type == "tensor":
@@ -152,6 +198,48 @@ class GlannSampler:
             return SamplerOutput(arr)
         return SamplerOutput([Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr])
 
+    def correction_strength(self, correction: float | None = None) -> float:
+        """The density-correction strength a call with ``correction`` uses (see :meth:`__call__`)."""
+        if correction is None:
+            if self.reference is None and not self._warned_reference:
+                log.warning("this sampler has no reference codes (a folder written before glann saved "
+                            "%s): sampling without the density correction", REFERENCE_FILE)
+                self._warned_reference = True
+            return self.default_correction if self.reference is not None else 0.0
+        strength = check_correction(correction, "correction")
+        if strength > 0 and self.reference is None:
+            raise ArtifactError(f"correction={correction} needs the training set's GLO codes, and this sampler has "
+                                f"none (a folder written before glann saved {REFERENCE_FILE}, or a GlannSampler "
+                                "built without reference=): pass correction=0, or retrain/re-export the sampler")
+        return strength
+
+    def _map(self, noise: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """noise -> the mapper's codes, float32 on this sampler's device."""
+        return torch.cat([self.mapper(noise[s:s + batch_size].to(self.device, self.dtype)).float()
+                          for s in range(0, len(noise), batch_size)])
+
+    def _model_reference(self, temperature: float, batch_size: int) -> torch.Tensor:
+        """As many of the mapper's codes as there are reference codes, from fixed noise at ``temperature``."""
+        assert self.reference is not None
+        if temperature not in self._model_codes:
+            noise = self.noise(len(self.reference), seed=resample.REFERENCE_SEED)
+            if temperature != 1.0:
+                noise = self.mapper.scale_noise(noise, temperature)
+            self._model_codes[temperature] = self._map(noise, batch_size)
+        return self._model_codes[temperature]
+
+    def _corrected_codes(self, num_samples: int, generator: torch.Generator, temperature: float, strength: float,
+                         batch_size: int) -> torch.Tensor:
+        assert self.reference is not None
+        noise = self.noise(num_samples * resample.OVERSAMPLE, generator=generator)
+        if temperature != 1.0:
+            noise = self.mapper.scale_noise(noise, temperature)
+        candidates = self._map(noise, batch_size)
+        ratio = resample.density_ratio(candidates, self.reference, self._model_reference(temperature, batch_size))
+        keep = resample.choose(ratio, num_samples, strength, generator)
+        log.debug("density correction: kept %d of %d candidates (strength %g, effective fraction %.2f)",
+                  num_samples, len(candidates), strength, resample.effective_fraction(ratio, strength))
+        return candidates[keep.to(candidates.device)]
 
     def invert(self, images: Any, steps: int = 300, lr: float = 0.05, batch_size: int = 256, seed: int = 0,
                init: str | torch.Tensor = "mapper", restarts: int = 1, candidates: int = 4096, loss: Any = None,

@@ -7,6 +7,7 @@ import torch
 from conftest import compose_train
 
 from glann import pipeline
+from glann.artifacts import load_tensors
 from glann.errors import ArtifactError
 from glann.sampler import GlannSampler
 
@@ -19,6 +20,10 @@ def test_whole_pipeline_on_tiny_config(tiny_cfg, tmp_path):
     sampler = GlannSampler.from_pretrained(results["sampler_dir"])
     images = sampler(5, seed=0).images
     assert images.shape == (5, 16, 16, 1) and images.dtype == np.uint8
+    # the export carries the training codes, so the sampler draws density-corrected samples by default
+    codes = load_tensors(tmp_path / "glo" / "latents.safetensors")["latents"]
+    assert sampler.reference is not None and torch.equal(sampler.reference, codes.float())
+    assert sampler.correction_strength() == tiny_cfg.sampler.correction == 0.5
     manifest = json.loads((tmp_path / "imle" / "manifest.json").read_text())
     assert manifest["inputs"]["glo_hash"] == json.loads((tmp_path / "glo" / "manifest.json").read_text())["config_hash"]
 

@@ -1,0 +1,147 @@
+"""Density correction (glann.resample): the k-NN ratio, the weighted draw, and the sampler around them."""
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from glann import resample
+from glann.config import EvalOptions, SampleConfig, check_eval_options, validate_sample
+from glann.errors import ArtifactError, ConfigError
+from glann.files import read_json
+from glann.sampler import REFERENCE_FILE, GlannSampler
+
+
+def two_clusters(n: int, share_a: float, seed: int, dim: int = 8) -> torch.Tensor:
+    """n points: a share ``share_a`` around +3 e_0, the rest around -3 e_0 (unit spread)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dim, generator=g)
+    in_a = torch.rand(n, generator=g) < share_a
+    x[:, 0] += torch.where(in_a, 3.0, -3.0)
+    return x
+
+
+def test_ratio_recovers_the_cluster_weights():
+    data = two_clusters(4000, 0.8, seed=0)  # p_data: 80 / 20
+    model = two_clusters(4000, 0.5, seed=1)  # p_model: 50 / 50
+    codes = two_clusters(2000, 0.5, seed=2)
+    ratio = resample.density_ratio(codes, data, model, k=30)
+    in_a = codes[:, 0] > 0
+    # the true ratios are 0.8/0.5 = 1.6 and 0.2/0.5 = 0.4; a k=30 count is a noisy but unbiased-ish estimate
+    assert 1.35 < ratio[in_a].median() < 1.9
+    assert 0.3 < ratio[~in_a].median() < 0.55
+    # the same distribution on both sides: ratios around 1
+    same = resample.density_ratio(codes, model, two_clusters(4000, 0.5, seed=3), k=30)
+    assert 0.85 < same.median() < 1.2
+
+
+def test_ratio_needs_equal_reference_sets():
+    with pytest.raises(ValueError, match="equally large"):
+        resample.density_ratio(torch.zeros(3, 2), torch.zeros(5, 2), torch.zeros(4, 2))
+
+
+def test_choose_draws_distinct_indices_in_proportion():
+    ratio = torch.cat([torch.full((5000,), 4.0), torch.ones(5000)])
+    g = torch.Generator().manual_seed(0)
+    keep = resample.choose(ratio, 500, strength=1.0, generator=g)
+    assert len(keep) == 500 and len(set(keep.tolist())) == 500
+    share = (keep < 5000).float().mean().item()
+    assert 0.75 < share < 0.85  # 4 / (4 + 1) = 0.8 (a small draw from a large pool)
+    half = (resample.choose(ratio, 500, strength=0.5, generator=g) < 5000).float().mean().item()
+    assert 0.61 < half < 0.72  # 2 / (2 + 1)
+    off = (resample.choose(ratio, 500, strength=0.0, generator=g) < 5000).float().mean().item()
+    assert 0.44 < off < 0.56
+    with pytest.raises(ValueError, match="cannot keep"):
+        resample.choose(ratio[:10], 11, 1.0, g)
+
+
+def test_subsample_reference_keeps_at_most_max_codes_in_order():
+    codes = torch.arange(100.0).unsqueeze(1).repeat(1, 3)
+    sub = resample.subsample_reference(codes, max_codes=30)
+    assert sub.shape == (30, 3) and torch.all(sub[1:, 0] > sub[:-1, 0])
+    assert torch.equal(resample.subsample_reference(codes, max_codes=30), sub)
+    assert torch.equal(resample.subsample_reference(codes[:20], max_codes=30), codes[:20])
+
+
+@pytest.fixture
+def referenced(sampler):
+    """The tiny sampler, with reference codes where only half of its noise space maps: the mapper's codes of noise
+    whose first coordinate is positive."""
+    noise = torch.randn(800, 4, generator=torch.Generator().manual_seed(11)).abs()
+    with torch.no_grad():
+        reference = sampler.mapper(noise)
+    return GlannSampler(sampler.mapper, sampler.generator, reference=reference)
+
+
+def test_correction_moves_samples_towards_the_reference(referenced):
+    def distance_to_reference(strength):
+        codes = referenced._corrected_codes(300, torch.Generator().manual_seed(0), 1.0, strength, 500) \
+            if strength else referenced._map(referenced.noise(300, seed=0), 500)
+        return torch.cdist(codes, referenced.reference).min(1).values.mean().item()
+
+    off, half, full = distance_to_reference(0.0), distance_to_reference(0.5), distance_to_reference(1.0)
+    assert full < half < off
+    assert full < 0.85 * off
+
+
+def test_default_is_corrected_when_the_sampler_has_reference_codes(referenced, sampler):
+    assert referenced.correction_strength() == resample.DEFAULT_STRENGTH
+    assert sampler.correction_strength() == 0.0
+    a = referenced(24, seed=4, output_type="tensor").images
+    assert torch.equal(a, referenced(24, seed=4, output_type="tensor", correction=0.5).images)
+    assert torch.equal(a, referenced(24, seed=4, batch_size=5, output_type="tensor").images)  # any batch size
+    plain = referenced(24, seed=4, output_type="tensor", correction=0).images
+    assert torch.equal(plain, sampler(24, seed=4, output_type="tensor").images)  # 0: the uncorrected sampler
+    assert not torch.allclose(a, plain)
+    assert not torch.allclose(a, referenced(24, seed=5, output_type="tensor").images)
+    cold = referenced(24, seed=4, output_type="tensor", temperature=0.5).images  # its own model reference
+    assert cold.shape == a.shape and not torch.allclose(cold, a)
+
+
+def test_reference_codes_round_trip_through_the_folder(referenced, tmp_path):
+    folder = referenced.save_pretrained(tmp_path / "s")
+    assert read_json(folder / "sampler.json")["reference_codes"] == len(referenced.reference)
+    loaded = GlannSampler.from_pretrained(folder)
+    assert torch.equal(loaded.reference, referenced.reference)
+    assert np.array_equal(loaded(10, seed=1).images, referenced(10, seed=1).images)
+    gentle = GlannSampler(referenced.mapper, referenced.generator, referenced.reference, correction=0.25)
+    loaded = GlannSampler.from_pretrained(gentle.save_pretrained(tmp_path / "gentle"))
+    assert loaded.correction_strength() == 0.25  # the exported default travels with the folder
+    assert np.array_equal(loaded(10, seed=1).images, referenced(10, seed=1, correction=0.25).images)
+    (folder / REFERENCE_FILE).unlink()
+    with pytest.raises(ArtifactError, match=REFERENCE_FILE):
+        GlannSampler.from_pretrained(folder)
+
+
+def test_a_sampler_without_reference_codes_says_so(sampler, caplog):
+    with caplog.at_level(logging.WARNING, logger="glann.sampler"):
+        sampler(3)
+    assert "no reference codes" in caplog.text
+    with pytest.raises(ArtifactError, match="correction=0"):
+        sampler(3, correction=0.5)
+
+
+@pytest.mark.parametrize("bad", [-0.5, math.inf, math.nan, True])
+def test_bad_strengths_are_refused_everywhere(referenced, bad):
+    with pytest.raises(ConfigError, match="correction must be"):
+        referenced(2, correction=bad)
+    with pytest.raises(ConfigError, match="^correction must be"):
+        validate_sample(SampleConfig(sampler_dir="x", correction=bad))
+    with pytest.raises(ConfigError, match="eval.correction"):
+        check_eval_options(EvalOptions(metrics=["memorization"], correction=bad))
+
+
+def test_reference_codes_must_fit_the_mapper(sampler):
+    with pytest.raises(ArtifactError, match="reference codes"):
+        GlannSampler(sampler.mapper, sampler.generator, reference=torch.zeros(5, 3))
+
+
+def test_training_config_sets_the_exported_default(tiny_cfg):
+    from dataclasses import replace
+
+    from glann.config import validate
+
+    with pytest.raises(ConfigError, match="sampler.correction"):
+        validate(replace(tiny_cfg, sampler=replace(tiny_cfg.sampler, correction=-1.0)))
+    assert validate(replace(tiny_cfg, sampler=replace(tiny_cfg.sampler, correction=0.0))).sampler.correction == 0

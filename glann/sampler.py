@@ -159,8 +159,8 @@ class GlannSampler:
         the same images at any ``batch_size``. ``temperature`` scales the noise; 1 samples the prior the mapper was
         trained on (on MNIST, lower was measured worse, not sharper: BENCHMARKS.md "Sampling temperature").
         ``correction``: strength of the density correction (:mod:`glann.resample`): 6 candidate codes are drawn per
-        image and ``num_samples`` of them kept, with probability proportional to the estimated
-        p_data / p_model at the code raised to ``correction``. It gives the clusters IMLE under-samples their
+        image and one of them kept, with probability proportional to the estimated p_data / p_model at the code
+        raised to ``correction``. It gives the clusters IMLE under-samples their
         share back (BENCHMARKS.md "Density correction"). ``None``: the sampler's default (sampler.json; 0.5
         unless the training config's ``sampler.correction`` said otherwise) when it has reference codes (every
         folder glann exports), else 0; ``0``: plain samples.
@@ -176,20 +176,22 @@ class GlannSampler:
         strength = self.correction_strength(correction)
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
-        codes: torch.Tensor | None = None
+        group = resample.OVERSAMPLE if strength > 0 else 1
+        if strength > 0:  # the choices get their own stream, seeded by one draw before the noise
+            choices = torch.Generator().manual_seed(int(torch.randint(2 ** 62, (1,), generator=generator)))
+        noise = self.noise(num_samples * group, generator=generator)
+        if temperature != 1.0:
+            noise = self.mapper.scale_noise(noise, temperature)
         if strength > 0:
-            codes = self._corrected_codes(num_samples, generator, temperature, strength, batch_size)
-        else:
-            noise = self.noise(num_samples, generator=generator)
-            if temperature != 1.0:
-                noise = self.mapper.scale_noise(noise, temperature)
+            uniforms = torch.rand(num_samples, generator=choices, dtype=torch.float64)
         chunks = []
         for s in tqdm(range(0, num_samples, batch_size), desc="sample", unit="batch", disable=not progress):
-            if codes is not None:
-                z = codes[s:s + batch_size].to(self.device, self.dtype)
+            if strength > 0:
+                z = self._corrected_codes(noise[s * group:(s + batch_size) * group], uniforms[s:s + batch_size],
+                                          temperature, strength, batch_size)
             else:
                 z = self.mapper(noise[s:s + batch_size].to(self.device, self.dtype))
-            chunks.append(self.generator(z).float().cpu())
+            chunks.append(self.generator(z.to(self.device, self.dtype)).float().cpu())
         images = torch.cat(chunks)
         if output_type == "tensor":
             return SamplerOutput(images)
@@ -228,18 +230,16 @@ class GlannSampler:
             self._model_codes[temperature] = self._map(noise, batch_size)
         return self._model_codes[temperature]
 
-    def _corrected_codes(self, num_samples: int, generator: torch.Generator, temperature: float, strength: float,
+    def _corrected_codes(self, noise: torch.Tensor, uniforms: torch.Tensor, temperature: float, strength: float,
                          batch_size: int) -> torch.Tensor:
+        """One code per image from its ``OVERSAMPLE`` consecutive noise rows: the mapper's codes of the rows, one of
+        them picked by ``uniforms`` with probability proportional to its density ratio ** ``strength``."""
         assert self.reference is not None
-        noise = self.noise(num_samples * resample.OVERSAMPLE, generator=generator)
-        if temperature != 1.0:
-            noise = self.mapper.scale_noise(noise, temperature)
+        n, group = len(uniforms), resample.OVERSAMPLE
         candidates = self._map(noise, batch_size)
         ratio = resample.density_ratio(candidates, self.reference, self._model_reference(temperature, batch_size))
-        keep = resample.choose(ratio, num_samples, strength, generator)
-        log.debug("density correction: kept %d of %d candidates (strength %g, effective fraction %.2f)",
-                  num_samples, len(candidates), strength, resample.effective_fraction(ratio, strength))
-        return candidates[keep.to(candidates.device)]
+        pick = resample.pick(ratio.view(n, group), strength, uniforms)
+        return candidates.view(n, group, -1)[torch.arange(n, device=candidates.device), pick.to(candidates.device)]
 
     def invert(self, images: Any, steps: int = 300, lr: float = 0.05, batch_size: int = 256, seed: int = 0,
                init: str | torch.Tensor = "mapper", restarts: int = 1, candidates: int = 4096, loss: Any = None,

@@ -41,19 +41,22 @@ def test_ratio_needs_equal_reference_sets():
         resample.density_ratio(torch.zeros(3, 2), torch.zeros(5, 2), torch.zeros(4, 2))
 
 
-def test_choose_draws_distinct_indices_in_proportion():
-    ratio = torch.cat([torch.full((5000,), 4.0), torch.ones(5000)])
-    g = torch.Generator().manual_seed(0)
-    keep = resample.choose(ratio, 500, strength=1.0, generator=g)
-    assert len(keep) == 500 and len(set(keep.tolist())) == 500
-    share = (keep < 5000).float().mean().item()
-    assert 0.75 < share < 0.85  # 4 / (4 + 1) = 0.8 (a small draw from a large pool)
-    half = (resample.choose(ratio, 500, strength=0.5, generator=g) < 5000).float().mean().item()
-    assert 0.61 < half < 0.72  # 2 / (2 + 1)
-    off = (resample.choose(ratio, 500, strength=0.0, generator=g) < 5000).float().mean().item()
-    assert 0.44 < off < 0.56
-    with pytest.raises(ValueError, match="cannot keep"):
-        resample.choose(ratio[:10], 11, 1.0, g)
+def test_pick_chooses_columns_in_proportion():
+    ratio = torch.tensor([[4.0, 1.0, 1.0, 1.0, 1.0, 1.0]]).repeat(20000, 1)
+    u = torch.rand(20000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def share_of_first(strength):
+        pick = resample.pick(ratio, strength, u)
+        assert pick.min() >= 0 and pick.max() <= 5
+        return (pick == 0).double().mean().item()
+
+    assert abs(share_of_first(1.0) - 4 / 9) < 0.015
+    assert abs(share_of_first(0.5) - 2 / 7) < 0.015
+    assert abs(share_of_first(0.0) - 1 / 6) < 0.015
+    # the uniforms decide: u just below a column's cumulative share picks it, the top of [0, 1) the last column
+    assert resample.pick(torch.tensor([[1.0, 1.0]] * 3), 1.0, torch.tensor([0.0, 0.49, 0.999])).tolist() == [0, 0, 1]
+    with pytest.raises(ValueError, match="uniforms"):
+        resample.pick(ratio[:5], 1.0, u[:4])
 
 
 def test_subsample_reference_keeps_at_most_max_codes_in_order():
@@ -76,8 +79,10 @@ def referenced(sampler):
 
 def test_correction_moves_samples_towards_the_reference(referenced):
     def distance_to_reference(strength):
-        codes = referenced._corrected_codes(300, torch.Generator().manual_seed(0), 1.0, strength, 500) \
-            if strength else referenced._map(referenced.noise(300, seed=0), 500)
+        noise = referenced.noise(300 * resample.OVERSAMPLE, seed=0)
+        u = torch.rand(300, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        codes = referenced._corrected_codes(noise, u, 1.0, strength, 500) if strength else \
+            referenced._map(noise[:300], 500)
         return torch.cdist(codes, referenced.reference).min(1).values.mean().item()
 
     off, half, full = distance_to_reference(0.0), distance_to_reference(0.5), distance_to_reference(1.0)

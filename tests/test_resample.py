@@ -95,7 +95,8 @@ def test_default_is_corrected_when_the_sampler_has_reference_codes(referenced, s
     assert sampler.correction_strength() == 0.0
     a = referenced(24, seed=4, output_type="tensor").images
     assert torch.equal(a, referenced(24, seed=4, output_type="tensor", correction=0.5).images)
-    assert torch.equal(a, referenced(24, seed=4, batch_size=5, output_type="tensor").images)  # any batch size
+    assert torch.allclose(a, referenced(24, seed=4, batch_size=5, output_type="tensor").images, atol=1e-6)  # any batch
+    # size (to float rounding, as test_sampler: the matmul blocking differs with the batch and the thread count)
     plain = referenced(24, seed=4, output_type="tensor", correction=0).images
     assert torch.equal(plain, sampler(24, seed=4, output_type="tensor").images)  # 0: the uncorrected sampler
     assert not torch.allclose(a, plain)

@@ -160,8 +160,8 @@ class GlannSampler:
         trained on (on MNIST, lower was measured worse, not sharper: BENCHMARKS.md "Sampling temperature").
         ``correction``: strength of the density correction (:mod:`glann.resample`): 6 candidate codes are drawn per
         image and one of them kept, with probability proportional to the estimated p_data / p_model at the code
-        raised to ``correction``. It gives the clusters IMLE under-samples their
-        share back (BENCHMARKS.md "Density correction"). ``None``: the sampler's default (sampler.json; 0.5
+        raised to ``correction``. It gives the clusters that IMLE under-samples their share back (BENCHMARKS.md
+        "Density correction"). ``None``: the sampler's default (sampler.json; 0.5
         unless the training config's ``sampler.correction`` said otherwise) when it has reference codes (every
         folder glann exports), else 0; ``0``: plain samples.
         ``output_type``: ``"np"`` uint8 (N, H, W, C), ``"tensor"`` float (N, C, H, W) in [0, 1] on the CPU,
@@ -215,6 +215,7 @@ class GlannSampler:
                                 "built without reference=): pass correction=0, or retrain/re-export the sampler")
         return strength
 
+    @torch.no_grad()
     def _map(self, noise: torch.Tensor, batch_size: int) -> torch.Tensor:
         """noise -> the mapper's codes, float32 on this sampler's device."""
         return torch.cat([self.mapper(noise[s:s + batch_size].to(self.device, self.dtype)).float()
@@ -257,10 +258,7 @@ class GlannSampler:
         if isinstance(init, str) and init == "mapper":
             if candidates <= 0:
                 raise ValueError(f"candidates must be positive, got {candidates}")
-            with torch.no_grad():
-                noise = self.noise(candidates, seed=seed + 1)
-                codes = torch.cat([self.mapper(noise[s:s + batch_size].to(self.device, self.dtype)).float().cpu()
-                                   for s in range(0, candidates, batch_size)])
+            codes = self._map(self.noise(candidates, seed=seed + 1), batch_size).cpu()
             init = nearest_decoded(x, codes, self.decode(codes, batch_size), per_image=restarts)
         return invert(self.generator, x, loss_fn, steps=steps, lr=lr, batch_size=batch_size, seed=seed, init=init,
                       restarts=restarts, progress=progress)
@@ -314,8 +312,7 @@ class GlannSampler:
             raise ValueError(f"{space} endpoints must be (K, {dim}), got shape {tuple(endpoints.shape)}")
         path = slerp_path(endpoints, steps)
         if space == "noise":
-            path = torch.cat([self.mapper(path[s:s + batch_size].to(self.device, self.dtype)).float().cpu()
-                              for s in range(0, len(path), batch_size)])
+            path = self._map(path, batch_size).cpu()
         images = self.decode(path, batch_size)
         if output_type == "tensor":
             return SamplerOutput(images, path)

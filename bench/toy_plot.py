@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from glann import knn
-from glann.toy import TOY_STD, mixture_centers, mode_metrics, train_toy
+from glann.toy import TOY_STD, mixture_centers, mode_metrics, sample_toy, train_toy
 
 PANEL, MARGIN = 360, 22
 EXTENT = {"ring": 2.6, "grid": 5.0}  # half-width of the plotted square, in data units
@@ -27,7 +27,9 @@ EXTENT = {"ring": 2.6, "grid": 5.0}  # half-width of the plotted square, in data
 def train(kind: str, seed: int, rounds: int, categories: int) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
     """(samples, their categories or None, metrics) of one IMLE run on ``kind``."""
     settings = dict(categories=categories, noise_dim=3, rejection_quantile=0.8) if categories else {}
-    mapper, noise, samples, data = train_toy(kind, rounds=rounds, seed=seed, matching="rejection", **settings)
+    mapper, data = train_toy(kind, rounds=rounds, seed=seed, matching="rejection", **settings)
+    samples = sample_toy(mapper, data, seed=seed)
+    noise = torch.randn(len(samples), mapper.arch.noise_dim, generator=torch.Generator().manual_seed(seed + 1))
     cats = mapper.category(noise) if categories else None
     return samples, cats, mode_metrics(samples, kind, data=data)
 

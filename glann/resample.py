@@ -68,3 +68,17 @@ def pick(ratio: torch.Tensor, strength: float, uniforms: torch.Tensor) -> torch.
     cumulative = ratio.detach().cpu().double().pow(strength).cumsum(1)
     threshold = uniforms.detach().cpu().double() * cumulative[:, -1]
     return (cumulative <= threshold.unsqueeze(1)).sum(1).clamp_max(ratio.shape[1] - 1)
+
+
+def resample(candidates: torch.Tensor, data: torch.Tensor, model: torch.Tensor, strength: float,
+             uniforms: torch.Tensor, k: int = NEIGHBOURS) -> torch.Tensor:
+    """One code per group of consecutive ``candidates`` rows ((N * G, d) for ``uniforms`` (N,)): the row picked by
+    :func:`pick` from the groups' :func:`density_ratio` against ``data`` and ``model``; (N, d), on the candidates'
+    device."""
+    n = len(uniforms)
+    if n == 0 or len(candidates) % n:
+        raise ValueError(f"need a whole number of candidates per pick, got {len(candidates)} for {n}")
+    group = len(candidates) // n
+    ratio = density_ratio(candidates, data, model, k)
+    chosen = pick(ratio.view(n, group), strength, uniforms)
+    return candidates.view(n, group, -1)[torch.arange(n, device=candidates.device), chosen.to(candidates.device)]

@@ -236,11 +236,8 @@ class GlannSampler:
         """One code per image from its ``OVERSAMPLE`` consecutive noise rows: the mapper's codes of the rows, one of
         them picked by ``uniforms`` with probability proportional to its density ratio ** ``strength``."""
         assert self.reference is not None
-        n, group = len(uniforms), resample.OVERSAMPLE
-        candidates = self._map(noise, batch_size)
-        ratio = resample.density_ratio(candidates, self.reference, self._model_reference(temperature, batch_size))
-        pick = resample.pick(ratio.view(n, group), strength, uniforms)
-        return candidates.view(n, group, -1)[torch.arange(n, device=candidates.device), pick.to(candidates.device)]
+        return resample.resample(self._map(noise, batch_size), self.reference,
+                                 self._model_reference(temperature, batch_size), strength, uniforms)
 
     def invert(self, images: Any, steps: int = 300, lr: float = 0.05, batch_size: int = 256, seed: int = 0,
                init: str | torch.Tensor = "mapper", restarts: int = 1, candidates: int = 4096, loss: Any = None,

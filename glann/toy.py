@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
+from glann import resample
 from glann.artifacts import load_network
-from glann.config import IMLEConfig, MapperConfig, check_categories, check_matching, check_mode
+from glann.config import IMLEConfig, MapperConfig, check_categories, check_correction, check_matching, check_mode
 from glann.errors import ConfigError
 from glann.imle import map_noise, train_imle
 from glann.nets import Mapper
@@ -89,27 +90,58 @@ def toy_config(matching: str = "rejection", rounds: int = 250, **overrides: Any)
     return check_categories(check_matching(IMLEConfig(**settings)))
 
 
-def train_toy(kind: str = "ring", n: int = 2000, rounds: int = 250, seed: int = 0, num_samples: int = 2500,
-              matching: str = "rejection", **overrides: Any) -> tuple[Mapper, torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample_toy(mapper: Mapper, data: torch.Tensor, num_samples: int = 2500, seed: int = 0,
+               correction: float = 0.0) -> torch.Tensor:
+    """``num_samples`` samples of a trained toy mapper, noise seeded by ``seed + 1``. ``correction`` > 0 applies the
+    sampler's density correction (:mod:`glann.resample`, as :class:`glann.sampler.GlannSampler` does with the GLO
+    codes) with the toy's ``data`` points as the reference: ``OVERSAMPLE`` candidates per sample, one kept with
+    probability proportional to the k-NN estimate of p_data / p_model raised to ``correction``. 0: plain samples."""
+    strength = check_correction(correction, "correction")
+    cpu = torch.device("cpu")
+    noise_dim = mapper.arch.noise_dim
+    group = resample.OVERSAMPLE if strength > 0 else 1
+    noise = torch.randn(num_samples * group, noise_dim, generator=torch.Generator().manual_seed(seed + 1))
+    candidates = map_noise(mapper, noise, cpu)
+    if strength == 0:
+        return candidates
+    model = map_noise(mapper, torch.randn(len(data), noise_dim,
+                                          generator=torch.Generator().manual_seed(resample.REFERENCE_SEED)), cpu)
+    uniforms = torch.rand(num_samples, generator=torch.Generator().manual_seed(seed + 2), dtype=torch.float64)
+    return resample.resample(candidates, data, model, strength, uniforms)
+
+
+def train_toy(kind: str = "ring", n: int = 2000, rounds: int = 250, seed: int = 0,
+              matching: str = "rejection", **overrides: Any) -> tuple[Mapper, torch.Tensor]:
     """Train IMLE (glann's IMLE stage, :func:`glann.imle.train_imle`) on ``n`` points of a 2-D mixture; return
-    (trained mapper, ``num_samples`` noise rows, their samples, the data points). Settings as in :func:`run_toy`."""
+    (trained mapper, the data points). Settings as in :func:`run_toy`."""
     cfg = toy_config(matching, rounds, **overrides)
     data = sample_mixture(kind, n, seed)
     with tempfile.TemporaryDirectory() as tmp:
         train_imle(data, cfg, Path(tmp), torch.device("cpu"), seed=seed, progress=False)
         mapper = load_network(Path(tmp) / "mapper", kind=Mapper)
-    noise = torch.randn(num_samples, cfg.noise_dim, generator=torch.Generator().manual_seed(seed + 1))
-    return mapper, noise, map_noise(mapper, noise, torch.device("cpu")), data
+    return mapper, data
 
 
 def run_toy(kind: str = "ring", n: int = 2000, rounds: int = 250, seed: int = 0, num_samples: int = 2500,
-            matching: str = "rejection", **overrides: Any) -> dict:
+            matching: str = "rejection", correction: float | list[float] = 0.0, **overrides: Any):
     """Train IMLE (glann's IMLE stage, :func:`glann.imle.train_imle`) on ``n`` points of a 2-D mixture and report
-    :func:`mode_metrics` of ``num_samples`` samples, plus ``seconds`` (training and sampling).
+    :func:`mode_metrics` of ``num_samples`` samples (:func:`sample_toy` at density-correction strength
+    ``correction``), plus ``seconds`` (training and sampling). A list of strengths samples the one trained mapper at
+    each and returns one dict per strength (``seconds`` is then the training time plus that strength's sampling).
 
     ``matching`` and ``overrides`` (any IMLEConfig field, e.g. ``rejection_quantile=0.7``, ``samples_per_latent=4``,
     ``hidden_dim=128``) are passed to :func:`toy_config`. Torch's thread count is left to the caller.
     """
+    strengths = correction if isinstance(correction, list) else [correction]
+    for s in strengths:
+        check_correction(s, "correction")
     t0 = time.perf_counter()
-    _, _, samples, data = train_toy(kind, n, rounds, seed, num_samples, matching, **overrides)
-    return {**mode_metrics(samples, kind, data=data), "seconds": time.perf_counter() - t0}
+    mapper, data = train_toy(kind, n, rounds, seed, matching, **overrides)
+    trained = time.perf_counter() - t0
+    rows = []
+    for s in strengths:
+        t1 = time.perf_counter()
+        samples = sample_toy(mapper, data, num_samples, seed, s)
+        rows.append({**mode_metrics(samples, kind, data=data), "correction": s,
+                     "seconds": trained + time.perf_counter() - t1})
+    return rows if isinstance(correction, list) else rows[0]

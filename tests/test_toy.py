@@ -8,8 +8,7 @@ from glann.artifacts import load_network
 from glann.errors import ConfigError
 from glann.imle import map_noise, train_imle
 from glann.nets import Mapper, MapperArch
-from glann.toy import (TOY_MATCHING, mixture_centers, mode_metrics, run_toy, sample_mixture, sample_toy,
-                       toy_config)
+from glann.toy import TOY_MATCHING, mixture_centers, mode_metrics, run_toy, sample_mixture, sample_toy, toy_config
 
 
 def test_mode_metrics_on_known_sets():

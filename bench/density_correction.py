@@ -32,6 +32,25 @@ from glann.modes import cached_classifier, predict_digits
 from glann.sampler import GlannSampler
 
 
+def run_sampler(run: Path) -> GlannSampler:
+    """The sampler of a finished run folder with the run's GLO codes as its reference codes (so that folders exported
+    before glann saved them can be corrected too)."""
+    plain = GlannSampler.from_pretrained(run / "sampler")
+    codes = load_tensors(run / "glo" / "latents.safetensors")["latents"]
+    return GlannSampler(plain.mapper, plain.generator, reference=codes)
+
+
+def parse_run_args(ap: argparse.ArgumentParser) -> tuple[argparse.Namespace, GlannSampler]:
+    """Parse the arguments of a bench that reads one run with MNIST (``--run``, ``--mnist-root``, ``--threads``):
+    (arguments, :func:`run_sampler` of ``--run``), torch's thread count set."""
+    args = ap.parse_args()
+    if not args.mnist_root:
+        ap.error("give --mnist-root or set GLANN_DATA_ROOT")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args, run_sampler(args.run)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, type=Path, help="a finished run folder (with glo/ and sampler/)")
@@ -44,15 +63,7 @@ def main() -> None:
                     help="MNIST root (default: $GLANN_DATA_ROOT)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=Path("outputs/bench_density_correction"))
-    args = ap.parse_args()
-    if not args.mnist_root:
-        ap.error("give --mnist-root or set GLANN_DATA_ROOT")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    plain = GlannSampler.from_pretrained(args.run / "sampler")
-    codes = load_tensors(args.run / "glo" / "latents.safetensors")["latents"]
-    sampler = GlannSampler(plain.mapper, plain.generator, reference=codes)
+    args, sampler = parse_run_args(ap)
 
     opts = EvalOptions(metrics=["fid", "kid", "pr"], num_samples=args.num, num_real=args.num_real, seed=0,
                        inception_weights=args.weights, fid_stats=args.stats, cache_dir=str(args.out / "cache"))

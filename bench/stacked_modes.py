@@ -17,12 +17,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
+from density_correction import parse_run_args  # bench/ is on the path when run as python bench/stacked_modes.py
 
-from glann.artifacts import load_tensors
 from glann.images import to_uint8
 from glann.modes import cached_classifier, mode_stats, predict_digits
-from glann.sampler import GlannSampler
 
 
 def main() -> None:
@@ -34,14 +32,9 @@ def main() -> None:
                     help="MNIST root for the classifier (default: $GLANN_DATA_ROOT)")
     ap.add_argument("--cache", default=None, help="classifier cache folder (default: glann's)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    args = ap.parse_args()
-    if not args.mnist_root:
-        ap.error("give --mnist-root or set GLANN_DATA_ROOT")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    plain = GlannSampler.from_pretrained(args.run / "sampler")
-    codes = load_tensors(args.run / "glo" / "latents.safetensors")["latents"]
-    sampler = GlannSampler(plain.mapper, plain.generator, reference=codes)
+    args, sampler = parse_run_args(ap)
+    codes = sampler.reference
+    assert codes is not None
     classifier = cached_classifier(args.mnist_root, args.cache)
 
     rows: list[tuple[str, np.ndarray]] = [("reconstructions", to_uint8(sampler.decode(codes[:args.num])))]

@@ -123,7 +123,8 @@ def train_toy(kind: str = "ring", n: int = 2000, rounds: int = 250, seed: int = 
 
 
 def run_toy(kind: str = "ring", n: int = 2000, rounds: int = 250, seed: int = 0, num_samples: int = 2500,
-            matching: str = "rejection", correction: float | list[float] = 0.0, **overrides: Any):
+            matching: str = "rejection", correction: float | list[float] = 0.0,
+            **overrides: Any) -> dict | list[dict]:
     """Train IMLE (glann's IMLE stage, :func:`glann.imle.train_imle`) on ``n`` points of a 2-D mixture and report
     :func:`mode_metrics` of ``num_samples`` samples (:func:`sample_toy` at density-correction strength
     ``correction``), plus ``seconds`` (training and sampling). A list of strengths samples the one trained mapper at

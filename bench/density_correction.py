@@ -2,15 +2,16 @@
 
     GLANN_DATA_ROOT=../shared/data python bench/density_correction.py --run outputs/mnist_cpu/<time> \
         --weights ../shared/models/inception-2015-12-05-fid-weights-no-classifier.pth \
-        --stats ../shared/models/mnist_test_inception_stats.npz --strengths 0 0.5 --num 10000 --num-real 10000
+        --stats ../shared/models/mnist_test_inception_stats.npz --strengths 0 0.5 --num 10000 --num-real 10000 \
+        [--candidates 6 12]
 
 One finished run folder (``<run>/glo`` and ``<run>/sampler``). Its sampler is rebuilt with the run's GLO codes as
-reference codes (so folders exported before glann saved them work too), then each strength draws ``--num`` samples
-with seed 0, as ``glann-eval`` does, scored like ``glann-eval`` scores them: FID against ``--stats``, KID and
-precision/recall (k=3) against ``--num-real`` MNIST test images (features computed once and cached under ``--out``).
-The digit columns read the samples with glann's MNIST classifier: the share of "1"s and KL(sample digit frequencies
-|| training-set frequencies). Strength 0 is the uncorrected sampler; its images are those of a plain
-``glann-eval``.
+reference codes (so folders exported before glann saved them work too), then each strength (at strengths > 0, once per
+``--candidates`` count of codes per image) draws ``--num`` samples with seed 0, as ``glann-eval`` does, scored like
+``glann-eval`` scores them: FID against ``--stats``, KID and precision/recall (k=3) against ``--num-real`` MNIST test
+images (features computed once and cached under ``--out``). The digit columns read the samples with glann's MNIST
+classifier: the share of "1"s and KL(sample digit frequencies || training-set frequencies). Strength 0 is the
+uncorrected sampler; its images are those of a plain ``glann-eval``.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 import torchvision
 
+from glann import resample
 from glann.artifacts import load_tensors
 from glann.config import DataConfig, EvalOptions
 from glann.data import load_dataset
@@ -57,6 +59,8 @@ def main() -> None:
     ap.add_argument("--weights", required=True)
     ap.add_argument("--stats", required=True, help="reference Inception statistics for FID (.npz with mu, sigma)")
     ap.add_argument("--strengths", type=float, nargs="+", default=[0.0, 0.5])
+    ap.add_argument("--candidates", type=int, nargs="+", default=[resample.DEFAULT_CANDIDATES],
+                    help="codes drawn per image at strengths > 0 (a row per count)")
     ap.add_argument("--num", type=int, default=10000)
     ap.add_argument("--num-real", type=int, default=10000)
     ap.add_argument("--mnist-root", default=os.environ.get("GLANN_DATA_ROOT"),
@@ -76,11 +80,11 @@ def main() -> None:
     q = q / q.sum()
 
     print(f"\n{args.num} samples (seed 0), {args.num_real} test images, run {args.run}\n")
-    print(f"| correction | FID | KID ×10³ | precision | recall | \"1\"s (data {q[1]:.1%}) | digit KL | sampling s | "
-          "scoring s |\n|---|---|---|---|---|---|---|---|---|")
-    for strength in args.strengths:
+    print(f"| correction | candidates | FID | KID ×10³ | precision | recall | \"1\"s (data {q[1]:.1%}) | digit KL | "
+          "sampling s | scoring s |\n|---|---|---|---|---|---|---|---|---|---|")
+    for strength, candidates in [(s, c) for s in args.strengths for c in (args.candidates if s > 0 else [None])]:
         t0 = time.perf_counter()
-        images = sampler(args.num, seed=0, correction=strength).images  # uint8 (N, H, W, 1)
+        images = sampler(args.num, seed=0, correction=strength, candidates=candidates).images  # uint8 (N, H, W, 1)
         t1 = time.perf_counter()
         p = np.bincount(predict_digits(classifier, images.transpose(0, 3, 1, 2)), minlength=10) / len(images)
         nz = p > 0
@@ -88,8 +92,9 @@ def main() -> None:
         m, c = stats(feats)
         k_mean, k_std = kid(feats, real)
         prec, rec = precision_recall(real, feats)
-        print(f"| {strength:g} | {frechet_distance(m, c, mu, sigma):.2f} | {1e3 * k_mean:.2f} ± {1e3 * k_std:.2f} | "
-              f"{prec:.3f} | {rec:.3f} | {100 * p[1]:.1f}% | {np.sum(p[nz] * np.log(p[nz] / q[nz])):.3f} | "
+        print(f"| {strength:g} | {candidates or '–'} | {frechet_distance(m, c, mu, sigma):.2f} | "
+              f"{1e3 * k_mean:.2f} ± {1e3 * k_std:.2f} | {prec:.3f} | {rec:.3f} | {100 * p[1]:.1f}% | "
+              f"{np.sum(p[nz] * np.log(p[nz] / q[nz])):.3f} | "
               f"{t1 - t0:.0f} | {time.perf_counter() - t1:.0f} |", flush=True)
 
 

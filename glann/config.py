@@ -108,6 +108,7 @@ class SamplerConfig:
     seed: int = 0
     # density-correction strength the exported sampler uses by default (glann.resample; 0: off)
     correction: float = 0.5
+    candidates: int = 6  # codes drawn per image when correcting, one kept (glann.resample)
 
 
 @dataclass
@@ -124,6 +125,7 @@ class EvalOptions:
     progress: bool = True
     temperature: float = 1.0  # noise scale when sampling (1: the trained prior)
     correction: float | None = None  # density-correction strength (glann.resample); None: the sampler's default
+    candidates: int | None = None  # codes drawn per image when correcting; None: the sampler's default
 
 
 @dataclass
@@ -164,6 +166,7 @@ class SampleConfig:
     device: str = "auto"
     temperature: float = 1.0  # noise scale (1: the trained prior)
     correction: float | None = None  # density-correction strength (glann.resample); None: the sampler's default
+    candidates: int | None = None  # codes drawn per image when correcting; None: the sampler's default
     mode: str = "sample"  # sample | interpolate (one row of the grid per pair of random endpoints)
     interpolation_steps: int = 8  # images per pair, both endpoints included
     num_pairs: int = 8  # interpolate: number of pairs (rows)
@@ -223,6 +226,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     check_categories(cfg.imle)
     _positive(cfg.sampler, "sampler.", ["grid_size", "batch_size"])
     check_correction(cfg.sampler.correction, "sampler.correction")
+    check_candidates(cfg.sampler.candidates, "sampler.candidates")
     _positive(cfg.loss, "loss.", ["lap_levels"])
     for key, value in (("glo.beta1", cfg.glo.beta1), ("glo.beta2", cfg.glo.beta2),
                        ("imle.beta1", cfg.imle.beta1), ("imle.beta2", cfg.imle.beta2)):
@@ -271,6 +275,8 @@ def validate_sample(cfg: SampleConfig) -> SampleConfig:
     check_temperature(cfg.temperature, "temperature")
     if cfg.correction is not None:
         check_correction(cfg.correction, "correction")
+    if cfg.candidates is not None:
+        check_candidates(cfg.candidates, "candidates")
     if cfg.mode not in ("sample", "interpolate"):
         raise ConfigError(f"mode must be 'sample' or 'interpolate', got {cfg.mode!r}")
     if cfg.mode == "interpolate":
@@ -423,6 +429,15 @@ def check_correction(value: Any, key: str) -> float:
     return float(value)
 
 
+def check_candidates(value: Any, key: str) -> int:
+    """The density correction's codes per image must be an integer >= 2 (it keeps one of them); the error names
+    ``key``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ConfigError(f"{key} must be an integer >= 2 (the density correction keeps one of that many codes per "
+                          f"image; for plain samples set the correction to 0), got {value!r}")
+    return value
+
+
 # -- evaluation options: pure config checks, run before any expensive work -----------------------------
 
 METRICS = ("fid", "kid", "pr", "recon_fid", "glo_gaussian", "memorization", "modes", "neighbours")
@@ -455,6 +470,8 @@ def check_eval_options(opts: EvalOptions) -> None:
     check_temperature(opts.temperature, "eval.temperature")
     if opts.correction is not None:
         check_correction(opts.correction, "eval.correction")
+    if opts.candidates is not None:
+        check_candidates(opts.candidates, "eval.candidates")
     if opts.fid_stats and not Path(opts.fid_stats).expanduser().is_file():
         raise ConfigError(f"eval.fid_stats={opts.fid_stats}: no such file")
     if any(m not in NO_INCEPTION for m in opts.metrics):

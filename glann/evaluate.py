@@ -233,8 +233,10 @@ def evaluate(sampler_dir: Path | None, data_cfg: DataConfig, opts: EvalOptions, 
         results["temperature"] = opts.temperature
     if sampler is not None:
         results["correction"] = sampler.correction_strength(opts.correction)
+        if results["correction"] > 0:
+            results["candidates"] = sampler.candidates_per_image(opts.candidates)
         samples = sampler(opts.num_samples, seed=opts.seed, batch_size=500, progress=opts.progress,
-                          temperature=opts.temperature, correction=opts.correction).images
+                          temperature=opts.temperature, correction=opts.correction, candidates=opts.candidates).images
     else:
         assert images is not None
         samples = np.ascontiguousarray(images[:opts.num_samples])

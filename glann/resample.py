@@ -12,11 +12,12 @@ the ``k`` are data codes, then
 
     r(c) = (a + 1/2) / (k - a + 1/2)
 
-estimates p_data(c) / p_model(c). The 1/2 keeps the ratio finite and non-zero. The sampler draws ``OVERSAMPLE``
-candidates per image and keeps one of them, with probability proportional to r(c)^strength (sampling-importance-
-resampling in groups: each image depends on its own candidates only, so a seed gives the same images whatever the
-batch size). The strength 0 turns the correction off; 1 would aim at the data density itself if the ratio were exact,
-but the k-NN ratio is noisy and a weaker correction is safer. 0.5 is the default, chosen by measurement (BENCHMARKS).
+estimates p_data(c) / p_model(c). The 1/2 keeps the ratio finite and non-zero. The sampler draws ``candidates`` codes
+per image (``DEFAULT_CANDIDATES`` unless set) and keeps one of them, with probability proportional to r(c)^strength
+(sampling-importance-resampling in groups: each image depends on its own candidates only, so a seed gives the same
+images whatever the batch size). More candidates come closer to the weighted density itself. The strength 0 turns the
+correction off; 1 would aim at the data density itself if the ratio were exact, but the k-NN ratio is noisy and a weaker
+correction is safer. 0.5 is the default, chosen by measurement (BENCHMARKS).
 
 Every search is exact (faiss on the CPU, torch on a GPU), like the IMLE matching.
 """
@@ -29,7 +30,7 @@ from glann.knn import search_k
 
 DEFAULT_STRENGTH = 0.5
 NEIGHBOURS = 30
-OVERSAMPLE = 6
+DEFAULT_CANDIDATES = 6  # codes drawn per image; 12 was measured no better on average (BENCHMARKS)
 MAX_REFERENCE = 60_000  # data codes kept in a sampler folder (a random subset of larger training sets)
 REFERENCE_SEED = 2 ** 31 - 1  # the noise of the model's reference codes; not a seed users pick for sampling
 

@@ -61,7 +61,7 @@ def sample(cfg: DictConfig) -> str:
         return write_interpolations(sampler, conf, output)
     images = sampler(conf.num_samples, seed=conf.seed, batch_size=conf.batch_size, output_type="np",
                      progress=True, temperature=conf.temperature,
-                     correction=conf.correction).images
+                     correction=conf.correction, candidates=conf.candidates).images
     path = write_samples(images, output)
     log.info("wrote %d images %s to %s", len(images), images.shape[1:], path)
     if conf.grid:

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from glann import artifacts, resample
-from glann.config import LossConfig, check_correction
+from glann.config import LossConfig, check_candidates, check_correction
 from glann.data import conform_images
 from glann.errors import ArtifactError, DataError
 from glann.files import read_json, write_json
@@ -46,10 +46,11 @@ class SamplerOutput:
 
 class GlannSampler:
     def __init__(self, mapper: Mapper, generator: Generator, reference: torch.Tensor | None = None,
-                 correction: float = resample.DEFAULT_STRENGTH):
+                 correction: float = resample.DEFAULT_STRENGTH, candidates: int = resample.DEFAULT_CANDIDATES):
         """``reference``: training-set GLO codes (N, latent_dim) for the density correction (:meth:`__call__`);
-        without them the sampler draws uncorrected samples only. ``correction``: the strength a call uses by
-        default when there are reference codes (recorded in sampler.json)."""
+        without them the sampler draws uncorrected samples only. ``correction`` and ``candidates``: the strength and
+        the codes drawn per image a call uses by default when there are reference codes (recorded in
+        sampler.json)."""
         if mapper.arch.latent_dim != generator.arch.latent_dim:
             raise ArtifactError(f"mapper outputs {mapper.arch.latent_dim}-d latents but the generator takes "
                                 f"{generator.arch.latent_dim}-d ones")
@@ -61,6 +62,7 @@ class GlannSampler:
         self.generator = generator.eval()
         self.reference = None if reference is None else resample.subsample_reference(reference)
         self.default_correction = check_correction(correction, "correction")
+        self.default_candidates = check_candidates(candidates, "candidates")
         self.loss_config: dict | None = None  # the stage-1 loss settings (LossConfig fields), used by invert
         self._model_codes: dict[float, torch.Tensor] = {}  # the mapper's reference codes, per temperature
         self._warned_reference = False
@@ -101,6 +103,7 @@ class GlannSampler:
             artifacts.save_tensors(folder / REFERENCE_FILE, {"latents": self.reference})
             meta["reference_codes"] = len(self.reference)
             meta["correction"] = self.default_correction
+            meta["candidates"] = self.default_candidates
         loss = loss if loss is not None else self.loss_config
         if loss is not None:
             meta["loss"] = dict(loss)
@@ -129,7 +132,8 @@ class GlannSampler:
                                 f"{meta['reference_codes']} reference codes but {REFERENCE_FILE} is missing")
         sampler = cls(artifacts.load_network(folder / "mapper", device, Mapper),
                       artifacts.load_network(folder / "generator", device, Generator), reference,
-                      meta.get("correction", resample.DEFAULT_STRENGTH))
+                      meta.get("correction", resample.DEFAULT_STRENGTH),
+                      meta.get("candidates", resample.DEFAULT_CANDIDATES))
         if meta.get("noise_dim") not in (None, sampler.noise_dim):
             raise ArtifactError(f"{folder / 'sampler.json'} says noise_dim={meta['noise_dim']} but the mapper "
                                 f"takes {sampler.noise_dim}")
@@ -152,18 +156,20 @@ class GlannSampler:
     @torch.no_grad()
     def __call__(self, num_samples: int, seed: int | None = 0, generator: torch.Generator | None = None,
                  batch_size: int = 500, output_type: str = "np", progress: bool = False,
-                 temperature: float = 1.0, correction: float | None = None) -> SamplerOutput:
+                 temperature: float = 1.0, correction: float | None = None,
+                 candidates: int | None = None) -> SamplerOutput:
         """Draw ``num_samples`` images: Gaussian noise -> mapper -> generator.
 
         ``seed`` (or an explicit CPU ``generator``) fixes the noise, which is drawn up front, so the same seed gives
         the same images at any ``batch_size``. ``temperature`` scales the noise; 1 samples the prior the mapper was
         trained on (on MNIST, lower was measured worse, not sharper: BENCHMARKS.md "Sampling temperature").
-        ``correction``: strength of the density correction (:mod:`glann.resample`): 6 candidate codes are drawn per
-        image and one of them kept, with probability proportional to the estimated p_data / p_model at the code
-        raised to ``correction``. It gives the clusters that IMLE under-samples their share back (BENCHMARKS.md
-        "Density correction"). ``None``: the sampler's default (sampler.json; 0.5
-        unless the training config's ``sampler.correction`` said otherwise) when it has reference codes (every
-        folder glann exports), else 0; ``0``: plain samples.
+        ``correction``: strength of the density correction (:mod:`glann.resample`): ``candidates`` codes are drawn
+        per image (``None``: the sampler's default, 6) and one of them kept, with probability proportional to the
+        estimated p_data / p_model at the code raised to ``correction``; more candidates correct more fully, at
+        proportionally more mapping and search. It gives the clusters that IMLE under-samples their share back
+        (BENCHMARKS.md "Density correction"). ``None``: the sampler's default (sampler.json; 0.5 unless the training
+        config's ``sampler.correction`` said otherwise) when it has reference codes (every folder glann exports),
+        else 0; ``0``: plain samples.
         ``output_type``: ``"np"`` uint8 (N, H, W, C), ``"tensor"`` float (N, C, H, W) in [0, 1] on the CPU,
         ``"pil"`` PIL images.
         """
@@ -174,9 +180,10 @@ class GlannSampler:
         if output_type not in ("np", "tensor", "pil"):
             raise ValueError(f"output_type must be 'np', 'tensor' or 'pil', got {output_type!r}")
         strength = self.correction_strength(correction)
+        per_image = self.candidates_per_image(candidates)  # checked even when the correction is off
         if generator is None:
             generator = torch.Generator().manual_seed(0 if seed is None else seed)
-        group = resample.OVERSAMPLE if strength > 0 else 1
+        group = per_image if strength > 0 else 1
         if strength > 0:  # the choices get their own stream, seeded by one draw before the noise
             choices = torch.Generator().manual_seed(int(torch.randint(2 ** 62, (1,), generator=generator)))
         noise = self.noise(num_samples * group, generator=generator)
@@ -215,6 +222,10 @@ class GlannSampler:
                                 "built without reference=): pass correction=0, or retrain/re-export the sampler")
         return strength
 
+    def candidates_per_image(self, candidates: int | None = None) -> int:
+        """The codes per image a corrected call with ``candidates`` draws (see :meth:`__call__`)."""
+        return self.default_candidates if candidates is None else check_candidates(candidates, "candidates")
+
     @torch.no_grad()
     def _map(self, noise: torch.Tensor, batch_size: int) -> torch.Tensor:
         """noise -> the mapper's codes, float32 on this sampler's device."""
@@ -233,8 +244,9 @@ class GlannSampler:
 
     def _corrected_codes(self, noise: torch.Tensor, uniforms: torch.Tensor, temperature: float, strength: float,
                          batch_size: int) -> torch.Tensor:
-        """One code per image from its ``OVERSAMPLE`` consecutive noise rows: the mapper's codes of the rows, one of
-        them picked by ``uniforms`` with probability proportional to its density ratio ** ``strength``."""
+        """One code per image from its group of consecutive noise rows (len(noise) / len(uniforms) of them): the
+        mapper's codes of the rows, one of them picked by ``uniforms`` with probability proportional to its density
+        ratio ** ``strength``."""
         assert self.reference is not None
         return resample.resample(self._map(noise, batch_size), self.reference,
                                  self._model_reference(temperature, batch_size), strength, uniforms)

@@ -17,7 +17,15 @@ import torch
 
 from glann import resample
 from glann.artifacts import load_network
-from glann.config import IMLEConfig, MapperConfig, check_categories, check_correction, check_matching, check_mode
+from glann.config import (
+    IMLEConfig,
+    MapperConfig,
+    check_candidates,
+    check_categories,
+    check_correction,
+    check_matching,
+    check_mode,
+)
 from glann.errors import ConfigError
 from glann.imle import map_noise, train_imle
 from glann.nets import Mapper
@@ -91,23 +99,24 @@ def toy_config(matching: str = "rejection", rounds: int = 250, **overrides: Any)
 
 
 def sample_toy(mapper: Mapper, data: torch.Tensor, num_samples: int = 2500, seed: int = 0,
-               correction: float = 0.0) -> torch.Tensor:
+               correction: float = 0.0, candidates: int = resample.DEFAULT_CANDIDATES) -> torch.Tensor:
     """``num_samples`` samples of a trained toy mapper, noise seeded by ``seed + 1``. ``correction`` > 0 applies the
     sampler's density correction (:mod:`glann.resample`, as :class:`glann.sampler.GlannSampler` does with the GLO
-    codes) with the toy's ``data`` points as the reference: ``OVERSAMPLE`` candidates per sample, one kept with
+    codes) with the toy's ``data`` points as the reference: ``candidates`` codes per sample, one kept with
     probability proportional to the k-NN estimate of p_data / p_model raised to ``correction``. 0: plain samples."""
     strength = check_correction(correction, "correction")
+    check_candidates(candidates, "candidates")
     cpu = torch.device("cpu")
     noise_dim = mapper.arch.noise_dim
-    group = resample.OVERSAMPLE if strength > 0 else 1
+    group = candidates if strength > 0 else 1
     noise = torch.randn(num_samples * group, noise_dim, generator=torch.Generator().manual_seed(seed + 1))
-    candidates = map_noise(mapper, noise, cpu)
+    codes = map_noise(mapper, noise, cpu)
     if strength == 0:
-        return candidates
+        return codes
     model = map_noise(mapper, torch.randn(len(data), noise_dim,
                                           generator=torch.Generator().manual_seed(resample.REFERENCE_SEED)), cpu)
     uniforms = torch.rand(num_samples, generator=torch.Generator().manual_seed(seed + 2), dtype=torch.float64)
-    return resample.resample(candidates, data, model, strength, uniforms)
+    return resample.resample(codes, data, model, strength, uniforms)
 
 
 def train_toy(kind: str = "ring", n: int = 2000, rounds: int = 250, seed: int = 0,

@@ -37,6 +37,15 @@ def test_sample_to_npz_and_png_folder(trained_run, tmp_path):
     from PIL import Image
 
     assert np.array_equal(np.asarray(Image.open(tmp_path / "pngs" / "000001.png")), images[1, ..., 0])
+    wide, bad = run_clis(
+        ("sample", f"sampler_dir={trained_run / 'sampler'}", "num_samples=10", "seed=4", "candidates=12",
+         f"output={tmp_path / 'wide.npz'}", f"hydra.run.dir={tmp_path / 'h3'}"),
+        ("sample", f"sampler_dir={trained_run / 'sampler'}", "candidates=1", f"hydra.run.dir={tmp_path / 'h4'}"))
+    assert wide.returncode == 0, wide.stderr[-3000:]
+    with np.load(tmp_path / "wide.npz") as z:
+        assert z["images"].shape == images.shape and not np.array_equal(z["images"], images)  # 12 codes, not 6
+    assert bad.returncode != 0 and "candidates must be an integer >= 2" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 BAD_INPUT = [

@@ -105,6 +105,7 @@ def test_evaluate_a_tiny_run_end_to_end(tmp_path):
                 "memorization/near_copy_fraction"):
         assert np.isfinite(results[key]), key
     assert results["fid"] > 0 and 0 <= results["precision"] <= 1
+    assert (results["correction"], results["candidates"]) == (0.5, 6)  # the sampler's defaults, recorded
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["fid"] == pytest.approx(results["fid"])
     assert (tmp_path / "eval" / "memorization_closest_pairs.png").is_file()
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1  # reference features cached for next time
@@ -115,6 +116,10 @@ def test_evaluate_a_tiny_run_end_to_end(tmp_path):
     sample_opts = replace(opts, metrics=["fid", "kid", "pr"])
     saved = evaluate(None, held_out, sample_opts, tmp_path / "eval3", images=read_npz(tmp_path / "samples.npz"))
     assert saved["fid"] == pytest.approx(results["fid"]) and saved["precision"] == results["precision"]
+    wide = evaluate(run / "sampler", held_out, replace(sample_opts, candidates=12), tmp_path / "eval5")
+    assert wide["candidates"] == 12 and wide["fid"] != pytest.approx(results["fid"])  # other samples
+    plain = evaluate(run / "sampler", held_out, replace(sample_opts, correction=0.0), tmp_path / "eval6")
+    assert plain["correction"] == 0 and "candidates" not in plain
     with pytest.raises(ConfigError, match="need a trained sampler_dir"):
         evaluate(None, held_out, opts, tmp_path / "eval4", images=read_npz(tmp_path / "samples.npz"))
 

@@ -77,17 +77,31 @@ def referenced(sampler):
     return GlannSampler(sampler.mapper, sampler.generator, reference=reference)
 
 
-def test_correction_moves_samples_towards_the_reference(referenced):
-    def distance_to_reference(strength):
-        noise = referenced.noise(300 * resample.OVERSAMPLE, seed=0)
-        u = torch.rand(300, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-        codes = referenced._corrected_codes(noise, u, 1.0, strength, 500) if strength else \
-            referenced._map(noise[:300], 500)
-        return torch.cdist(codes, referenced.reference).min(1).values.mean().item()
+def distance_to_reference(sampler, strength, candidates=resample.DEFAULT_CANDIDATES):
+    """Mean distance from 300 (corrected) codes of ``sampler`` to the nearest of its reference codes."""
+    noise = sampler.noise(300 * candidates, seed=0)
+    u = torch.rand(300, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    codes = sampler._corrected_codes(noise, u, 1.0, strength, 500) if strength else sampler._map(noise[:300], 500)
+    return torch.cdist(codes, sampler.reference).min(1).values.mean().item()
 
-    off, half, full = distance_to_reference(0.0), distance_to_reference(0.5), distance_to_reference(1.0)
+
+def test_correction_moves_samples_towards_the_reference(referenced):
+    off, half, full = (distance_to_reference(referenced, s) for s in (0.0, 0.5, 1.0))
     assert full < half < off
     assert full < 0.85 * off
+
+
+def test_more_candidates_correct_more_fully(referenced):
+    """With more codes to choose from, the kept ones sit closer to where the reference codes are."""
+    two, six, many = (distance_to_reference(referenced, 1.0, c) for c in (2, 6, 24))
+    assert many < six < two < distance_to_reference(referenced, 0.0)
+    default = referenced(24, seed=4, output_type="tensor").images
+    assert referenced.candidates_per_image() == resample.DEFAULT_CANDIDATES
+    assert torch.equal(default, referenced(24, seed=4, output_type="tensor",
+                                           candidates=resample.DEFAULT_CANDIDATES).images)
+    assert not torch.allclose(default, referenced(24, seed=4, output_type="tensor", candidates=12).images)
+    plain = referenced(24, seed=4, output_type="tensor", correction=0).images  # no correction: candidates unused
+    assert torch.equal(plain, referenced(24, seed=4, output_type="tensor", correction=0, candidates=12).images)
 
 
 def test_default_is_corrected_when_the_sampler_has_reference_codes(referenced, sampler):
@@ -115,6 +129,10 @@ def test_reference_codes_round_trip_through_the_folder(referenced, tmp_path):
     loaded = GlannSampler.from_pretrained(gentle.save_pretrained(tmp_path / "gentle"))
     assert loaded.correction_strength() == 0.25  # the exported default travels with the folder
     assert np.array_equal(loaded(10, seed=1).images, referenced(10, seed=1, correction=0.25).images)
+    wide = GlannSampler(referenced.mapper, referenced.generator, referenced.reference, candidates=12)
+    loaded = GlannSampler.from_pretrained(wide.save_pretrained(tmp_path / "wide"))
+    assert read_json(tmp_path / "wide" / "sampler.json")["candidates"] == loaded.candidates_per_image() == 12
+    assert np.array_equal(loaded(10, seed=1).images, referenced(10, seed=1, candidates=12).images)
     (folder / REFERENCE_FILE).unlink()
     with pytest.raises(ArtifactError, match=REFERENCE_FILE):
         GlannSampler.from_pretrained(folder)
@@ -136,6 +154,26 @@ def test_bad_strengths_are_refused_everywhere(referenced, bad):
         validate_sample(SampleConfig(sampler_dir="x", correction=bad))
     with pytest.raises(ConfigError, match="eval.correction"):
         check_eval_options(EvalOptions(metrics=["memorization"], correction=bad))
+
+
+@pytest.mark.parametrize("bad", [1, 0, -3, 2.5, True, "6"])
+def test_bad_candidate_counts_are_refused_everywhere(referenced, tiny_cfg, bad):
+    from dataclasses import replace
+
+    from glann.config import validate
+
+    with pytest.raises(ConfigError, match="^candidates must be an integer >= 2"):
+        referenced(2, candidates=bad)
+    with pytest.raises(ConfigError, match="^candidates must be"):
+        referenced(2, correction=0, candidates=bad)  # refused even where the correction is off
+    with pytest.raises(ConfigError, match="^candidates must be"):
+        GlannSampler(referenced.mapper, referenced.generator, referenced.reference, candidates=bad)
+    with pytest.raises(ConfigError, match="^candidates must be"):
+        validate_sample(SampleConfig(sampler_dir="x", candidates=bad))
+    with pytest.raises(ConfigError, match="eval.candidates"):
+        check_eval_options(EvalOptions(metrics=["memorization"], candidates=bad))
+    with pytest.raises(ConfigError, match="sampler.candidates"):
+        validate(replace(tiny_cfg, sampler=replace(tiny_cfg.sampler, candidates=bad)))
 
 
 def test_reference_codes_must_fit_the_mapper(sampler):

@@ -78,8 +78,13 @@ def test_sample_toy_correction_moves_samples_to_where_the_data_is():
     corrected = sample_toy(mapper, data, num_samples=1000, seed=3, correction=1.0)
     right_plain, right_corrected = (plain[:, 0] > cut).float().mean(), (corrected[:, 0] > cut).float().mean()
     assert 0.4 < right_plain < 0.6 and right_corrected > 0.9  # measured: 0.50 and 0.98 (1 - 0.5^6 at most)
+    two = sample_toy(mapper, data, num_samples=1000, seed=3, correction=1.0, candidates=2)
+    right_two = (two[:, 0] > cut).float().mean()
+    assert right_plain + 0.1 < right_two < right_corrected  # two codes to choose from: at most 1 - 0.5^2 = 0.75
     with pytest.raises(ConfigError, match="correction"):
         sample_toy(mapper, data, correction=-1.0)
+    with pytest.raises(ConfigError, match="candidates"):
+        sample_toy(mapper, data, correction=1.0, candidates=1)
 
 
 def test_run_toy_samples_one_trained_mapper_at_each_strength():

@@ -25,6 +25,7 @@ from glann.config import (
     check_correction,
     check_matching,
     check_mode,
+    check_reverse_weight,
 )
 from glann.errors import ConfigError
 from glann.imle import map_noise, train_imle
@@ -95,7 +96,9 @@ def toy_config(matching: str = "rejection", rounds: int = 250, **overrides: Any)
                                     lr_decay_every=max(rounds // 8, 1), lr_decay=0.5, grid_every=0,
                                     matching=matching, **TOY_MATCHING[matching])
     settings.update(overrides)
-    return check_categories(check_matching(IMLEConfig(**settings)))
+    cfg = check_categories(check_matching(IMLEConfig(**settings)))
+    check_reverse_weight(cfg.reverse_weight)
+    return cfg
 
 
 def sample_toy(mapper: Mapper, data: torch.Tensor, num_samples: int = 2500, seed: int = 0,

@@ -99,9 +99,6 @@ class IMLEConfig:
     capacity_k: int = 16  # capacity: each point's candidates, its capacity_k nearest samples
     seed: int | None = None  # the IMLE stage's seed (mapper init, noise); None: the run's seed
     ema: float = 0.0  # decay of a per-step moving average of the mapper's weights, which the sampler gets; 0: off
-    # weight of the reverse pull: each round also draws N fresh samples, and each is pulled towards its own nearest
-    # data latent (the other half of a Chamfer distance), so samples between modes commit to one; 0: off
-    reverse_weight: float = 0.0
 
 
 @dataclass
@@ -241,7 +238,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"glo.latent_init must be 'pca' or 'random', got {cfg.glo.latent_init!r}")
     check_latent_noise(cfg.glo.latent_noise)
     check_ema(cfg.imle.ema)
-    check_reverse_weight(cfg.imle.reverse_weight)
     if cfg.glo.latent_optimizer not in ("row_adam", "sparse_adam"):
         raise ConfigError(f"glo.latent_optimizer must be 'row_adam' or 'sparse_adam', got {cfg.glo.latent_optimizer!r}")
     if cfg.loss.name not in ("lap1", "vgg"):
@@ -339,13 +335,6 @@ def check_ema(decay: Any) -> float:
     return float(decay)
 
 
-def check_reverse_weight(weight: Any) -> float:
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-        raise ConfigError(f"imle.reverse_weight must be a finite number >= 0 (the reverse pull's weight; 0: off), "
-                          f"got {weight}")
-    return float(weight)
-
-
 def check_quantile(q: Any) -> float:
     if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0.0 < q < 1.0:
         raise ConfigError(f"imle.rejection_quantile must be in (0, 1) (the fraction of samples each round rejects), "
@@ -371,7 +360,6 @@ _LATER_SETTINGS: dict[str, Callable[[dict], tuple[str, ...]]] = {
     "glo": lambda d: ("latent_noise",) if d.get("latent_noise") == 0 else (),
     "imle": lambda d: (("capacity", "capacity_k") if d.get("matching") != "capacity" else ())
     + (("seed",) if d.get("seed") is None else ()) + (("ema",) if d.get("ema") == 0 else ())
-    + (("reverse_weight",) if d.get("reverse_weight") == 0 else ())
     + (("mapper.categories",) if d.get("mapper", {}).get("categories") == 0 else ()),
 }
 

@@ -3,9 +3,7 @@ that every data latent has a nearby generated latent.
 
 Each round draws m*N noise vectors, maps them, finds for every data latent its exact nearest generated
 latent (faiss), then trains the mapper to pull those matched outputs onto the data latents for
-``epochs_per_round`` epochs. With ``reverse_weight`` > 0 each round also maps N fresh noise vectors and adds their
-pull towards their own nearest data latents to the loss (the reverse half of a Chamfer distance: IMLE's term gives
-every data latent a nearby sample, this one gives every sample a nearby data latent). Writes ``mapper/``, ``stats.jsonl``, ``grids/`` and ``state/last.pt``.
+``epochs_per_round`` epochs. Writes ``mapper/``, ``stats.jsonl``, ``grids/`` and ``state/last.pt``.
 """
 from __future__ import annotations
 
@@ -161,21 +159,7 @@ class IMLEStage:
         self.dist, self.match_stats = result.distance, result.stats
         self.matched = result.noise.to(self.device)
         self.perms = [torch.randperm(n, generator=rng).to(self.device) for _ in range(cfg.epochs_per_round)]
-        if cfg.reverse_weight > 0:
-            self._reverse_targets(rng)
         self.mapper.train()
-
-    def _reverse_targets(self, rng: torch.Generator) -> None:
-        """The reverse pull's pairs for this round: N fresh noise rows (drawn from ``rng`` after everything the
-        matching draws, so the matching is that of a run without it) and each one's nearest data latent."""
-        cfg, n = self.cfg, len(self.latents)
-        noise = torch.randn(n, cfg.noise_dim, generator=rng)
-        search_on = match_device(cfg.knn_device, self.device)
-        generated = map_noise(self.net, noise, self.device, out=search_on)
-        idx, dist = nearest_neighbors(self.latents.to(search_on), generated, device=cfg.knn_device)
-        self.reverse_noise = noise.to(self.device)
-        self.reverse_target = self.target[idx.to(self.device)]
-        self.reverse_dist = dist.cpu()
 
     def _match_sharded(self, rng: torch.Generator) -> MatchResult:
         noise, generated = self._map_my_share(rng)
@@ -218,13 +202,7 @@ class IMLEStage:
         bs, ranks = self.cfg.batch_size, self.world.world_size
         idx = self.perms[epoch][b * bs * ranks:(b + 1) * bs * ranks][gd.shard(bs * ranks, self.world)] if ranks > 1 \
             else self.perms[epoch][b * bs:(b + 1) * bs]
-        if self.cfg.reverse_weight > 0:  # one forward pass: the mapper has no batch statistics
-            out = self.mapper(torch.cat([self.matched[idx], self.reverse_noise[idx]]))
-            forward, reverse = out[:len(idx)], out[len(idx):]
-            loss = (forward - self.target[idx]).pow(2).sum(1).mean() \
-                + self.cfg.reverse_weight * (reverse - self.reverse_target[idx]).pow(2).sum(1).mean()
-        else:
-            loss = (self.mapper(self.matched[idx]) - self.target[idx]).pow(2).sum(1).mean()
+        loss = (self.mapper(self.matched[idx]) - self.target[idx]).pow(2).sum(1).mean()
         check = gd.all_reduce_mean(loss.detach()) if ranks > 1 else loss  # every rank stops on a NaN together
         if not torch.isfinite(check):
             return check.item(), len(idx)
@@ -237,8 +215,6 @@ class IMLEStage:
 
     def end(self, unit: int) -> dict[str, float]:
         extra = {f"imle/{k}": v for k, v in self.match_stats.items() if k not in ("nn_dist", "nn_dist_max")}
-        if self.cfg.reverse_weight > 0:  # how far the round's fresh samples were from the data
-            extra["imle/reverse_dist"] = self.reverse_dist.mean().item()
         return {"imle/nn_dist": self.dist.mean().item(), "imle/nn_dist_max": self.dist.max().item(),
                 "imle/lr": self.opt.param_groups[0]["lr"], "imle/match_seconds": self.match_seconds, **extra}
 

@@ -25,7 +25,6 @@ from glann.config import (
     check_correction,
     check_matching,
     check_mode,
-    check_reverse_weight,
 )
 from glann.errors import ConfigError
 from glann.imle import map_noise, train_imle
@@ -96,9 +95,7 @@ def toy_config(matching: str = "rejection", rounds: int = 250, **overrides: Any)
                                     lr_decay_every=max(rounds // 8, 1), lr_decay=0.5, grid_every=0,
                                     matching=matching, **TOY_MATCHING[matching])
     settings.update(overrides)
-    cfg = check_categories(check_matching(IMLEConfig(**settings)))
-    check_reverse_weight(cfg.reverse_weight)
-    return cfg
+    return check_categories(check_matching(IMLEConfig(**settings)))
 
 
 def sample_toy(mapper: Mapper, data: torch.Tensor, num_samples: int = 2500, seed: int = 0,

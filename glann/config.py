@@ -224,6 +224,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"imle.lr_decay must be in (0, 1], got {cfg.imle.lr_decay}")
     check_matching(cfg.imle)
     check_categories(cfg.imle)
+    check_mixture(cfg.imle, cfg.glo.latent_dim)
     _positive(cfg.sampler, "sampler.", ["grid_size", "batch_size"])
     check_correction(cfg.sampler.correction, "sampler.correction")
     check_candidates(cfg.sampler.candidates, "sampler.candidates")
@@ -360,7 +361,8 @@ _LATER_SETTINGS: dict[str, Callable[[dict], tuple[str, ...]]] = {
     "glo": lambda d: ("latent_noise",) if d.get("latent_noise") == 0 else (),
     "imle": lambda d: (("capacity", "capacity_k") if d.get("matching") != "capacity" else ())
     + (("seed",) if d.get("seed") is None else ()) + (("ema",) if d.get("ema") == 0 else ())
-    + (("mapper.categories",) if d.get("mapper", {}).get("categories") == 0 else ()),
+    + (("mapper.categories",) if d.get("mapper", {}).get("categories") == 0 else ())
+    + (("mapper.mixture",) if d.get("mapper", {}).get("mixture") == 0 else ()),
 }
 
 
@@ -394,6 +396,20 @@ def check_categories(cfg: Any) -> Any:
     if k and cfg.noise_dim < 2:
         raise ConfigError(f"imle.mapper.categories={k} takes the first noise coordinate for the category, so "
                           f"imle.noise_dim must be at least 2 (got {cfg.noise_dim})")
+    return cfg
+
+
+def check_mixture(cfg: Any, latent_dim: int) -> Any:
+    """Check an IMLE config's ``mapper.mixture`` and set its ``noise_dim`` to what a mixture mapper draws
+    (``latent_dim + 1``: the component, then the draw inside it); return the config."""
+    k = cfg.mapper.mixture
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ConfigError(f"imle.mapper.mixture must be an integer >= 0 (components; 0: off), got {k!r}")
+    if k and cfg.mapper.categories:
+        raise ConfigError("imle.mapper.mixture and imle.mapper.categories both pick a discrete part of the prior: "
+                          "set one of them to 0")
+    if k:
+        cfg.noise_dim = latent_dim + 1
     return cfg
 
 

@@ -25,6 +25,7 @@ from glann.distributed import World
 from glann.errors import ConfigError
 from glann.knn import knn_backend, nearest_neighbors, nearest_neighbors_distributed
 from glann.matching import MatchResult, check_state, select
+from glann.mixture import fit_mixture
 from glann.nets import Mapper, MapperArch
 from glann.runtime import NO_STOP, StopFlag, adam
 from glann.tracking import Tracker
@@ -138,7 +139,22 @@ class IMLEStage:
             check_state(self.match_state, len(self.latents), self.cfg.noise_dim, self.out_dir / "state" / "last.pt")
 
     def init_fresh(self) -> None:
-        pass
+        """A mixture mapper starts from the Gaussian mixture of the data latents: fitted once (on rank 0, then sent
+        to every rank) before the first round. A resumed stage reads it back from its checkpoint instead."""
+        k = self.cfg.mapper.mixture
+        if not k:
+            return
+        fitted = None
+        if self.world.is_main:
+            log.info("imle: fitting a %d-component Gaussian mixture to %d latents (EM, full covariances)", k,
+                     len(self.latents))
+            fitted = fit_mixture(self.latents, k, seed=self.seed)
+            log.info("imle: mixture fitted in %.0fs (%d EM iterations%s)", fitted.seconds, fitted.iterations,
+                     "" if fitted.converged else ", not converged")
+        if self.world.distributed:
+            fitted = gd.broadcast_object(fitted)
+        assert fitted is not None
+        self.net.set_mixture(fitted.weights, fitted.means, fitted.covariances)
 
     def steps_in(self, unit: int) -> int:
         return self.cfg.epochs_per_round * self.batches_per_epoch

@@ -44,6 +44,9 @@ class MapperConfig:
     num_layers: int = 3  # linear layers
     project_to_sphere: bool = True  # map outputs onto the unit sphere, where GLO latents live
     categories: int = 0  # > 0: the first noise coordinate picks one of this many equally likely categories (0: off)
+    # > 0: the mapper starts from a Gaussian mixture of this many components fitted to the GLO codes; the first noise
+    # coordinate picks a component by its weight, the other latent_dim coordinates place the code in it (0: off)
+    mixture: int = 0
 
 
 @dataclass
@@ -115,13 +118,27 @@ class Mapper(nn.Module):
     separated modes, and the samples it puts there are never data-like; a category boundary is a jump instead, so
     different categories can settle on different modes with nothing in between (BENCHMARKS.md, "Categories").
     The noise a sampler draws is unchanged (standard normal, ``noise_dim`` coordinates).
+
+    With ``mixture`` = K > 0 the mapper starts from a Gaussian mixture fitted to the GLO codes (full covariances; see
+    :mod:`glann.mixture`), which IMLE then corrects. Noise has ``latent_dim + 1`` coordinates: the first picks a
+    component by its weight (its normal CDF against the cumulative weights), the others are the standard normal that
+    the component's Cholesky factor turns into a draw ``b``. The MLP maps ``b`` to a residual, ``b + MLP(b)``, whose
+    last layer starts at zero, so before any IMLE round the mapper samples the mixture itself.
     """
+
+    mixture_cdf: torch.Tensor  # buffers of a mixture mapper: (K,) cumulative weights,
+    mixture_means: torch.Tensor  # (K, d) means,
+    mixture_chol: torch.Tensor  # (K, d, d) Cholesky factors of the covariances
 
     def __init__(self, arch: MapperArch):
         super().__init__()
         self.arch = arch
-        k = arch.categories
-        dims = [arch.noise_dim - (1 if k else 0)] + [arch.hidden_dim] * (arch.num_layers - 1) + [arch.latent_dim]
+        k, m, d = arch.categories, arch.mixture, arch.latent_dim
+        if m and (k or arch.noise_dim != d + 1):
+            raise ValueError(f"a mixture mapper takes latent_dim + 1 = {d + 1} noise coordinates and no categories, "
+                             f"got noise_dim={arch.noise_dim}, categories={k}")
+        first = d if m else arch.noise_dim - (1 if k else 0)
+        dims = [first] + [arch.hidden_dim] * (arch.num_layers - 1) + [d]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
             layers.append(nn.Linear(a, b))
@@ -131,6 +148,38 @@ class Mapper(nn.Module):
         self.category_bias = nn.Embedding(k, dims[1]) if k else None
         if self.category_bias is not None:  # unit scale: categories start at clearly different outputs
             nn.init.normal_(self.category_bias.weight, std=1.0)
+        if m:  # the mixture (set by set_mixture) is a buffer: saved with the weights, never trained
+            self.register_buffer("mixture_cdf", torch.linspace(1 / m, 1, m))
+            self.register_buffer("mixture_means", torch.zeros(m, d))
+            self.register_buffer("mixture_chol", torch.eye(d).repeat(m, 1, 1))
+            last = self.net[-1]
+            assert isinstance(last, nn.Linear)
+            nn.init.zeros_(last.weight)  # the residual starts at 0: the untrained mapper samples the mixture itself
+            nn.init.zeros_(last.bias)
+
+    def set_mixture(self, weights: torch.Tensor, means: torch.Tensor, covariances: torch.Tensor) -> None:
+        """Install a fitted Gaussian mixture: ``weights`` (K,), ``means`` (K, d), full ``covariances`` (K, d, d)."""
+        m, d = self.arch.mixture, self.arch.latent_dim
+        if weights.shape != (m,) or means.shape != (m, d) or covariances.shape != (m, d, d):
+            raise ValueError(f"a {m}-component mixture in {d} dimensions needs weights ({m},), means ({m}, {d}) and "
+                             f"covariances ({m}, {d}, {d}); got {tuple(weights.shape)}, {tuple(means.shape)}, "
+                             f"{tuple(covariances.shape)}")
+        w = weights.double() / weights.double().sum()
+        self.mixture_cdf.copy_(torch.cumsum(w, 0))
+        self.mixture_means.copy_(means)
+        self.mixture_chol.copy_(torch.linalg.cholesky(covariances.double()))
+
+    def component(self, noise: torch.Tensor) -> torch.Tensor:
+        """Each noise row's mixture component: Phi(noise[:, 0]) against the cumulative weights."""
+        u = torch.special.ndtr(noise[:, 0].float()).contiguous()
+        return torch.searchsorted(self.mixture_cdf, u).clamp_(max=self.arch.mixture - 1)
+
+    def mixture_codes(self, noise: torch.Tensor) -> torch.Tensor:
+        """The mixture's draw for each noise row: mean + Cholesky factor x the other coordinates (before the residual
+        and the projection onto the sphere)."""
+        k = self.component(noise)
+        eps = noise[:, 1:].to(self.mixture_chol.dtype)
+        return self.mixture_means[k] + torch.bmm(self.mixture_chol[k], eps.unsqueeze(2)).squeeze(2)
 
     def category(self, noise: torch.Tensor) -> torch.Tensor:
         """Each noise row's category in [0, K): Phi(noise[:, 0]) cut into K equal slices, so all are equally likely."""
@@ -138,14 +187,17 @@ class Mapper(nn.Module):
         return (u * self.arch.categories).long().clamp_(0, self.arch.categories - 1)
 
     def scale_noise(self, noise: torch.Tensor, temperature: float) -> torch.Tensor:
-        """``noise`` at ``temperature``: the continuous coordinates scaled, the category coordinate left alone (so
-        every category stays equally likely)."""
-        if self.category_bias is None:
+        """``noise`` at ``temperature``: the continuous coordinates scaled, the category (or mixture component)
+        coordinate left alone (so every category keeps its probability)."""
+        if self.category_bias is None and not self.arch.mixture:
             return noise * temperature
         return torch.cat([noise[:, :1], noise[:, 1:] * temperature], 1)
 
     def forward(self, noise: torch.Tensor) -> torch.Tensor:
-        if self.category_bias is None:
+        if self.arch.mixture:
+            base = self.mixture_codes(noise)
+            out = base + self.net(base)
+        elif self.category_bias is None:
             out = self.net(noise)
         else:
             h = self.net[0](noise[:, 1:]) + self.category_bias(self.category(noise))

@@ -24,6 +24,7 @@ from glann.config import (
     check_categories,
     check_correction,
     check_matching,
+    check_mixture,
     check_mode,
 )
 from glann.errors import ConfigError
@@ -42,6 +43,7 @@ def mixture_centers(kind: str) -> torch.Tensor:
 
 
 TOY_STD = {"ring": 0.02, "grid": 0.05}
+TOY_DIM = 2  # the toy data live in the plane
 
 
 def sample_mixture(kind: str, n: int, seed: int = 0) -> torch.Tensor:
@@ -75,7 +77,7 @@ TOY_MATCHING: dict[str, dict] = {
     "adaptive": {"adaptive_gamma": 0.04, "adaptive_resample_every": 10},
     "capacity": {"capacity": 1, "capacity_k": 16},
 }
-_MAPPER_KEYS = ("hidden_dim", "num_layers", "categories")
+_MAPPER_KEYS = ("hidden_dim", "num_layers", "categories", "mixture")
 
 
 def toy_config(matching: str = "rejection", rounds: int = 250, **overrides: Any) -> IMLEConfig:
@@ -89,13 +91,14 @@ def toy_config(matching: str = "rejection", rounds: int = 250, **overrides: Any)
     if unknown:
         raise ConfigError(f"run_toy: unknown IMLE setting(s) {unknown}; choose from {sorted(known)}")
     mapper = MapperConfig(hidden_dim=overrides.pop("hidden_dim", 256), num_layers=overrides.pop("num_layers", 4),
-                          project_to_sphere=False, categories=overrides.pop("categories", 0))
+                          project_to_sphere=False, categories=overrides.pop("categories", 0),
+                          mixture=overrides.pop("mixture", 0))
     settings: dict[str, Any] = dict(noise_dim=2, mapper=mapper, rounds=rounds, epochs_per_round=1,
                                     samples_per_latent=2, batch_size=128, lr=3e-3,
                                     lr_decay_every=max(rounds // 8, 1), lr_decay=0.5, grid_every=0,
                                     matching=matching, **TOY_MATCHING[matching])
     settings.update(overrides)
-    return check_categories(check_matching(IMLEConfig(**settings)))
+    return check_mixture(check_categories(check_matching(IMLEConfig(**settings))), TOY_DIM)
 
 
 def sample_toy(mapper: Mapper, data: torch.Tensor, num_samples: int = 2500, seed: int = 0,

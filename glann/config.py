@@ -215,8 +215,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _positive(cfg.glo, "glo.", ["latent_dim", "epochs", "batch_size", "lr_generator", "lr_latent",
                                 "lr_decay_every", "lr_decay", "checkpoint_every", "checkpoint_minutes"])
     _positive(cfg.glo.generator, "glo.generator.", ["hidden_dim", "base_channels"])
-    _positive(cfg.imle, "imle.", ["noise_dim", "rounds", "epochs_per_round", "samples_per_latent",
-                                  "batch_size", "lr"])
+    _positive(cfg.imle, "imle.", ["noise_dim", "epochs_per_round", "samples_per_latent", "batch_size", "lr"])
+    if cfg.imle.rounds is None or cfg.imle.rounds < 0 or (cfg.imle.rounds == 0 and not cfg.imle.mapper.mixture):
+        raise ConfigError(f"imle.rounds must be positive (0 only with imle.mapper.mixture > 0: the mixture alone), got "
+                          f"{cfg.imle.rounds}")
     _positive(cfg.imle.mapper, "imle.mapper.", ["hidden_dim", "num_layers"])
     if cfg.imle.lr_decay_every < 0:
         raise ConfigError(f"imle.lr_decay_every must be >= 0 (0: constant lr), got {cfg.imle.lr_decay_every}")

@@ -3,7 +3,8 @@ that every data latent has a nearby generated latent.
 
 Each round draws m*N noise vectors, maps them, finds for every data latent its exact nearest generated
 latent (faiss), then trains the mapper to pull those matched outputs onto the data latents for
-``epochs_per_round`` epochs. Writes ``mapper/``, ``stats.jsonl``, ``grids/`` and ``state/last.pt``.
+``epochs_per_round`` epochs. Writes ``mapper/``, ``stats.jsonl``, ``grids/`` and ``state/last.pt`` (and
+``mixture.json``, the EM fit's record, with ``imle.mapper.mixture``).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from glann import distributed as gd
 from glann.config import IMLEConfig
 from glann.distributed import World
 from glann.errors import ConfigError
+from glann.files import write_json
 from glann.knn import knn_backend, nearest_neighbors, nearest_neighbors_distributed
 from glann.matching import MatchResult, check_state, select
 from glann.mixture import fit_mixture
@@ -151,6 +153,9 @@ class IMLEStage:
             fitted = fit_mixture(self.latents, k, seed=self.seed)
             log.info("imle: mixture fitted in %.0fs (%d EM iterations%s)", fitted.seconds, fitted.iterations,
                      "" if fitted.converged else ", not converged")
+            write_json(self.out_dir / "mixture.json", {"components": k, "codes": len(self.latents),
+                                                       "em_iterations": fitted.iterations,
+                                                       "converged": fitted.converged, "seconds": fitted.seconds})
         if self.world.distributed:
             fitted = gd.broadcast_object(fitted)
         assert fitted is not None

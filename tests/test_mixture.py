@@ -134,3 +134,18 @@ def test_a_run_with_a_mixture_trains_a_residual_and_exports_a_sampler(tmp_path):
     assert images.shape[0] == 8 and images.dtype.name == "uint8"
     assert sampler(8, seed=0, temperature=0.5).images.shape == images.shape
     assert map_noise(sampler.mapper, noise, torch.device("cpu")).shape == (32, cfg.glo.latent_dim)
+
+
+def test_zero_rounds_export_the_fitted_mixture_itself(tmp_path):
+    with pytest.raises(ConfigError, match=r"imle\.rounds must be positive \(0 only with imle\.mapper\.mixture"):
+        compose_train("debug=tiny", "imle.rounds=0")
+    cfg = compose_train("debug=tiny", "imle.mapper.mixture=3", "imle.rounds=0")
+    pipeline.run(cfg, tmp_path / "run", progress=False)
+    record = json.loads((tmp_path / "run" / "imle" / "mixture.json").read_text())
+    assert record["components"] == 3 and record["codes"] == 64
+    sampler = GlannSampler.from_pretrained(tmp_path / "run" / "sampler")
+    assert sampler.mapper.net[-1].weight.abs().sum() == 0  # no round: the residual is still zero
+    noise = sampler.noise(16, seed=1)
+    with torch.no_grad():
+        assert torch.allclose(sampler.mapper(noise),
+                              torch.nn.functional.normalize(sampler.mapper.mixture_codes(noise), dim=1))

@@ -64,7 +64,8 @@ def matching_problem(integer: bool):
 IMLE_RULES = {"ema": dict(ema=0.8), "capacity": dict(matching="capacity", capacity_k=4),
               "rejection": dict(matching="rejection", rejection_quantile=0.5),
               "adaptive": dict(matching="adaptive", adaptive_gamma=0.02, adaptive_resample_every=5, rounds=3),
-              "categories": dict(mapper=dict(hidden_dim=16, categories=4))}  # nearest's sharded search
+              "categories": dict(mapper=dict(hidden_dim=16, categories=4)),  # nearest's sharded search
+              "mixture": dict(noise_dim=9, mapper=dict(hidden_dim=16, mixture=4))}  # fitted on rank 0, broadcast
 
 
 def imle_problem(**settings):

@@ -116,7 +116,8 @@ def test_sharded_matching_equals_brute_force(two_ranks, kind):
 def test_imle_on_two_ranks_equals_one_rank(two_ranks, tmp_path, rule):
     """IMLE on 2 ranks (per-rank batch 16) against 1 process (batch 32, the same global batches): imle.ema, the
     rules other than nearest (each rank maps half of the samples, rank 0 selects among all of them), and a mapper with
-    prior categories (its category vectors under DDP; nearest's sharded search). The trained
+    prior categories (its category vectors under DDP; nearest's sharded search), and a mixture mapper (its mixture
+    fitted on rank 0 and sent to rank 1, its buffers in the comparison). The trained
     mapper, its export, the rule's state (adaptive: radii, rounds, held noise) and the logged loss agree within 1e-5
     and are identical on both ranks. With imle.ema the export must differ from the trained mapper (so it tests the
     average); for adaptive, the third round re-matches only some points (so the carried state is exercised)."""

@@ -118,9 +118,10 @@ class IMLEStage:
         ranks = self.world.world_size  # several ranks: global batches of batch_size per rank, remainder dropped
         self.batches_per_epoch = math.ceil(n / cfg.batch_size) if ranks == 1 else n // (cfg.batch_size * ranks)
         backend = knn_backend(match_device(cfg.knn_device, device))
-        log.info("imle: %s matching, exact search with %s%s", cfg.matching, backend,
-                 " (faiss is not installed: pip install 'glann[cpu]' adds faiss's CPU search)"
-                 if backend == "torch-cpu" else "")
+        if cfg.rounds:  # imle.rounds=0 (a mixture mapper alone) matches nothing
+            log.info("imle: %s matching, exact search with %s%s", cfg.matching, backend,
+                     " (faiss is not installed: pip install 'glann[cpu]' adds faiss's CPU search)"
+                     if backend == "torch-cpu" else "")
         self.match_state: dict = {}  # the matching rule's state across rounds (adaptive: radii, matched noise)
 
     def optimizers(self) -> list[tuple[torch.optim.Optimizer, float]]:
@@ -267,5 +268,13 @@ def train_imle(latents: torch.Tensor, cfg: IMLEConfig, out_dir: Path, device: to
     schedule = Schedule(lr_decay_every=cfg.lr_decay_every, lr_decay=cfg.lr_decay, grid_every=cfg.grid_every,
                         checkpoint_every=1, checkpoint_minutes=math.inf, lr_hint="imle.lr")
     stage = IMLEStage(latents, cfg, out_dir, device, seed, generator, world)
-    return fit(stage, out_dir, schedule, LoopOptions(stop=stop, progress=progress, resume_key=resume_key,
-                                                    tracker=tracker, log_every=log_every, world=stage.world))
+    metrics = fit(stage, out_dir, schedule, LoopOptions(stop=stop, progress=progress, resume_key=resume_key,
+                                                       tracker=tracker, log_every=log_every, world=stage.world))
+    if cfg.rounds == 0:  # the mixture alone: its samples' distances to the data, as a round would have logged them
+        rng = torch.Generator().manual_seed(stage.seed * 100003)
+        _, dist = matching_round(stage.net, stage.latents, cfg.samples_per_latent * len(stage.latents),
+                                 cfg.noise_dim, rng, device, cfg.knn_device)
+        metrics = {"imle/nn_dist": dist.mean().item(), "imle/nn_dist_max": dist.max().item()}
+        log.info("imle: the mixture's samples lie %.4f from the data latents (mean nearest distance)",
+                 metrics["imle/nn_dist"])
+    return metrics

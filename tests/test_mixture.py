@@ -140,7 +140,8 @@ def test_zero_rounds_export_the_fitted_mixture_itself(tmp_path):
     with pytest.raises(ConfigError, match=r"imle\.rounds must be positive \(0 only with imle\.mapper\.mixture"):
         compose_train("debug=tiny", "imle.rounds=0")
     cfg = compose_train("debug=tiny", "imle.mapper.mixture=3", "imle.rounds=0")
-    pipeline.run(cfg, tmp_path / "run", progress=False)
+    results = pipeline.run(cfg, tmp_path / "run", progress=False)
+    assert 0 < results["imle/nn_dist"] <= results["imle/nn_dist_max"]  # the objective of eval=none sweeps
     record = json.loads((tmp_path / "run" / "imle" / "mixture.json").read_text())
     assert record["components"] == 3 and record["codes"] == 64
     sampler = GlannSampler.from_pretrained(tmp_path / "run" / "sampler")

@@ -1,8 +1,8 @@
 """A Gaussian mixture fitted to the GLO codes: the starting point of a mixture mapper (``imle.mapper.mixture``).
 
 EM with full covariances, by scikit-learn's ``GaussianMixture`` (k-means initialisation, seeded), in float64. Fitting
-K components to N codes of d dimensions costs about N * K * d^2 operations per EM iteration (60k MNIST codes, K=200:
-about 6 minutes on 2 CPU cores; BENCHMARKS.md "A Gaussian mixture under the mapper").
+K components to N codes of d dimensions costs about N * K * d^2 operations per EM iteration (60k 64-d MNIST codes,
+K=400: 14 iterations, about 6 minutes on 2 CPU cores; BENCHMARKS.md "A Gaussian mixture under the mapper").
 """
 from __future__ import annotations
 

@@ -109,6 +109,7 @@ class SamplerConfig:
     # density-correction strength the exported sampler uses by default (glann.resample; 0: off)
     correction: float = 0.5
     candidates: int = 6  # codes drawn per image when correcting, one kept (glann.resample)
+    temperature: float = 1.0  # noise scale the exported sampler uses by default (1: the trained or fitted prior)
 
 
 @dataclass
@@ -123,7 +124,7 @@ class EvalOptions:
     cache_dir: str | None = None  # reference features cache; None: ~/.cache/glann/inception
     device: str = "auto"
     progress: bool = True
-    temperature: float = 1.0  # noise scale when sampling (1: the trained prior)
+    temperature: float | None = None  # noise scale when sampling (1: the trained prior); None: the sampler's default
     correction: float | None = None  # density-correction strength (glann.resample); None: the sampler's default
     candidates: int | None = None  # codes drawn per image when correcting; None: the sampler's default
 
@@ -164,7 +165,7 @@ class SampleConfig:
     output: str | None = None  # *.npz file or a folder of PNGs; default samples.npz in the run dir
     grid: bool = True  # also write a grid PNG next to the output
     device: str = "auto"
-    temperature: float = 1.0  # noise scale (1: the trained prior)
+    temperature: float | None = None  # noise scale (1: the trained prior); None: the sampler's default
     correction: float | None = None  # density-correction strength (glann.resample); None: the sampler's default
     candidates: int | None = None  # codes drawn per image when correcting; None: the sampler's default
     mode: str = "sample"  # sample | interpolate (one row of the grid per pair of random endpoints)
@@ -230,6 +231,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _positive(cfg.sampler, "sampler.", ["grid_size", "batch_size"])
     check_correction(cfg.sampler.correction, "sampler.correction")
     check_candidates(cfg.sampler.candidates, "sampler.candidates")
+    check_temperature(cfg.sampler.temperature, "sampler.temperature")
     _positive(cfg.loss, "loss.", ["lap_levels"])
     for key, value in (("glo.beta1", cfg.glo.beta1), ("glo.beta2", cfg.glo.beta2),
                        ("imle.beta1", cfg.imle.beta1), ("imle.beta2", cfg.imle.beta2)):
@@ -275,7 +277,8 @@ def validate_sample(cfg: SampleConfig) -> SampleConfig:
     if not cfg.sampler_dir:
         raise ConfigError("sampler_dir is required: glann-sample sampler_dir=outputs/<run>/<time>/sampler")
     _positive(cfg, "", ["num_samples", "batch_size"])
-    check_temperature(cfg.temperature, "temperature")
+    if cfg.temperature is not None:
+        check_temperature(cfg.temperature, "temperature")
     if cfg.correction is not None:
         check_correction(cfg.correction, "correction")
     if cfg.candidates is not None:
@@ -485,7 +488,8 @@ def check_eval_options(opts: EvalOptions) -> None:
             raise ConfigError(f"num_samples={opts.num_samples} is too small for {m} (needs >= {MIN_SAMPLES[m]})")
     if opts.num_samples <= 0 or opts.num_real <= 0:
         raise ConfigError("num_samples and num_real must be positive")
-    check_temperature(opts.temperature, "eval.temperature")
+    if opts.temperature is not None:
+        check_temperature(opts.temperature, "eval.temperature")
     if opts.correction is not None:
         check_correction(opts.correction, "eval.correction")
     if opts.candidates is not None:

@@ -229,9 +229,8 @@ def evaluate(sampler_dir: Path | None, data_cfg: DataConfig, opts: EvalOptions, 
             raise ConfigError("memorization compares samples with held-out images, but the reference data is the "
                               "training set itself; use a dataset with a test split (e.g. data=mnist)")
     results: dict = {"num_samples": opts.num_samples}
-    if opts.temperature != 1.0:
-        results["temperature"] = opts.temperature
     if sampler is not None:
+        results["temperature"] = sampler.sampling_temperature(opts.temperature)
         results["correction"] = sampler.correction_strength(opts.correction)
         if results["correction"] > 0:
             results["candidates"] = sampler.candidates_per_image(opts.candidates)

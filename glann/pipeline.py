@@ -193,7 +193,8 @@ def export_sampler(cfg: TrainConfig, run_dir: Path, folders: dict[str, Path], de
     latents = artifacts.load_tensors(folders["glo"] / "latents.safetensors")["latents"]
     sampler = GlannSampler(artifacts.load_network(folders["imle"] / "mapper", device, Mapper),
                            artifacts.load_network(folders["glo"] / "generator", device, Generator), reference=latents,
-                           correction=cfg.sampler.correction, candidates=cfg.sampler.candidates)
+                           correction=cfg.sampler.correction, candidates=cfg.sampler.candidates,
+                           temperature=cfg.sampler.temperature)
     sampler_dir = sampler.save_pretrained(run_dir / "sampler", loss=asdict(cfg.loss))  # inversion reuses the loss
     images = sampler(cfg.sampler.grid_size, seed=cfg.sampler.seed, batch_size=cfg.sampler.batch_size,
                      output_type="tensor").images

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from glann import artifacts, resample
-from glann.config import LossConfig, check_candidates, check_correction
+from glann.config import LossConfig, check_candidates, check_correction, check_temperature
 from glann.data import conform_images
 from glann.errors import ArtifactError, DataError
 from glann.files import read_json, write_json
@@ -46,11 +46,12 @@ class SamplerOutput:
 
 class GlannSampler:
     def __init__(self, mapper: Mapper, generator: Generator, reference: torch.Tensor | None = None,
-                 correction: float = resample.DEFAULT_STRENGTH, candidates: int = resample.DEFAULT_CANDIDATES):
+                 correction: float = resample.DEFAULT_STRENGTH, candidates: int = resample.DEFAULT_CANDIDATES,
+                 temperature: float = 1.0):
         """``reference``: training-set GLO codes (N, latent_dim) for the density correction (:meth:`__call__`);
         without them the sampler draws uncorrected samples only. ``correction`` and ``candidates``: the strength and
-        the codes drawn per image a call uses by default when there are reference codes (recorded in
-        sampler.json)."""
+        the codes drawn per image a call uses by default when there are reference codes; ``temperature``: the noise
+        scale a call uses by default (all three recorded in sampler.json)."""
         if mapper.arch.latent_dim != generator.arch.latent_dim:
             raise ArtifactError(f"mapper outputs {mapper.arch.latent_dim}-d latents but the generator takes "
                                 f"{generator.arch.latent_dim}-d ones")
@@ -63,6 +64,7 @@ class GlannSampler:
         self.reference = None if reference is None else resample.subsample_reference(reference)
         self.default_correction = check_correction(correction, "correction")
         self.default_candidates = check_candidates(candidates, "candidates")
+        self.default_temperature = check_temperature(temperature, "temperature")
         self.loss_config: dict | None = None  # the stage-1 loss settings (LossConfig fields), used by invert
         self._model_codes: dict[float, torch.Tensor] = {}  # the mapper's reference codes, per temperature
         self._warned_reference = False
@@ -98,7 +100,7 @@ class GlannSampler:
             artifacts.save_network(folder / name, getattr(self, name))
         meta = {"components": {name: type(getattr(self, name)).__name__ for name in COMPONENTS},
                 "noise_dim": self.noise_dim, "image_shape": list(self.image_shape), "value_range": [0, 1],
-                "glann_version": __version__}
+                "temperature": self.default_temperature, "glann_version": __version__}
         if self.reference is not None:
             artifacts.save_tensors(folder / REFERENCE_FILE, {"latents": self.reference})
             meta["reference_codes"] = len(self.reference)
@@ -133,7 +135,7 @@ class GlannSampler:
         sampler = cls(artifacts.load_network(folder / "mapper", device, Mapper),
                       artifacts.load_network(folder / "generator", device, Generator), reference,
                       meta.get("correction", resample.DEFAULT_STRENGTH),
-                      meta.get("candidates", resample.DEFAULT_CANDIDATES))
+                      meta.get("candidates", resample.DEFAULT_CANDIDATES), meta.get("temperature", 1.0))
         if meta.get("noise_dim") not in (None, sampler.noise_dim):
             raise ArtifactError(f"{folder / 'sampler.json'} says noise_dim={meta['noise_dim']} but the mapper "
                                 f"takes {sampler.noise_dim}")
@@ -156,13 +158,15 @@ class GlannSampler:
     @torch.no_grad()
     def __call__(self, num_samples: int, seed: int | None = 0, generator: torch.Generator | None = None,
                  batch_size: int = 500, output_type: str = "np", progress: bool = False,
-                 temperature: float = 1.0, correction: float | None = None,
+                 temperature: float | None = None, correction: float | None = None,
                  candidates: int | None = None) -> SamplerOutput:
         """Draw ``num_samples`` images: Gaussian noise -> mapper -> generator.
 
         ``seed`` (or an explicit CPU ``generator``) fixes the noise, which is drawn up front, so the same seed gives
-        the same images at any ``batch_size``. ``temperature`` scales the noise; 1 samples the prior the mapper was
-        trained on (on MNIST, lower was measured worse, not sharper: BENCHMARKS.md "Sampling temperature").
+        the same images at any ``batch_size``. ``temperature`` scales the noise (a mixture mapper's component choice
+        excepted); 1 samples the prior the mapper was trained on or fitted, ``None`` the sampler's default
+        (sampler.json; the training config's ``sampler.temperature``). Below 1 a mixture's draws sharpen: precision up,
+        recall down (BENCHMARKS.md "Sampling temperature"); an IMLE mapper's got worse, not sharper.
         ``correction``: strength of the density correction (:mod:`glann.resample`): ``candidates`` codes are drawn
         per image (``None``: the sampler's default, 6) and one of them kept, with probability proportional to the
         estimated p_data / p_model at the code raised to ``correction``; more candidates correct more fully, at
@@ -175,8 +179,7 @@ class GlannSampler:
         """
         if num_samples <= 0:
             raise ValueError(f"num_samples must be positive, got {num_samples}")
-        if not temperature > 0 or temperature == float("inf"):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        temperature = self.sampling_temperature(temperature)
         if output_type not in ("np", "tensor", "pil"):
             raise ValueError(f"output_type must be 'np', 'tensor' or 'pil', got {output_type!r}")
         strength = self.correction_strength(correction)
@@ -206,6 +209,10 @@ class GlannSampler:
         if output_type == "np":
             return SamplerOutput(arr)
         return SamplerOutput([Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr])
+
+    def sampling_temperature(self, temperature: float | None = None) -> float:
+        """The noise scale a call with ``temperature`` uses (see :meth:`__call__`)."""
+        return self.default_temperature if temperature is None else check_temperature(temperature, "temperature")
 
     def correction_strength(self, correction: float | None = None) -> float:
         """The density-correction strength a call with ``correction`` uses (see :meth:`__call__`)."""

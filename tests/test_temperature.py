@@ -44,3 +44,59 @@ def test_temperature_settings_are_validated():
     with pytest.raises(ConfigError, match="eval.temperature"):
         check_options(EvalOptions(metrics=["memorization"], temperature=-2.0))
     check_options(EvalOptions(metrics=["memorization"], temperature=0.8))
+
+
+def test_the_sampler_default_temperature_is_used_saved_and_overridable(sampler, tmp_path):
+    from glann.sampler import GlannSampler
+
+    cold = GlannSampler(sampler.mapper, sampler.generator, temperature=0.5)
+    at_half = sampler(12, seed=3, output_type="tensor", temperature=0.5).images
+    assert torch.equal(cold(12, seed=3, output_type="tensor").images, at_half)
+    assert not torch.allclose(at_half, sampler(12, seed=3, output_type="tensor").images)
+    assert torch.equal(cold(12, seed=3, output_type="tensor", temperature=1.0).images,
+                       sampler(12, seed=3, output_type="tensor").images)
+    loaded = GlannSampler.from_pretrained(cold.save_pretrained(tmp_path / "s"))
+    assert loaded.default_temperature == 0.5
+    assert torch.equal(loaded(12, seed=3, output_type="tensor").images, at_half)
+
+
+def test_a_sampler_json_without_a_temperature_loads_at_one(sampler, tmp_path):
+    import json
+
+    from glann.sampler import GlannSampler
+
+    folder = GlannSampler(sampler.mapper, sampler.generator, temperature=0.3).save_pretrained(tmp_path / "s")
+    meta = json.loads((folder / "sampler.json").read_text())
+    assert meta["temperature"] == 0.3
+    del meta["temperature"]  # a folder written before sampler.temperature existed
+    (folder / "sampler.json").write_text(json.dumps(meta))
+    assert GlannSampler.from_pretrained(folder).default_temperature == 1.0
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, math.inf])
+def test_a_bad_default_temperature_is_refused(sampler, bad):
+    from glann.config import TrainConfig, validate
+    from glann.sampler import GlannSampler
+
+    with pytest.raises(ConfigError, match="^temperature must be"):
+        GlannSampler(sampler.mapper, sampler.generator, temperature=bad)
+    cfg = TrainConfig()
+    cfg.sampler.temperature = bad
+    with pytest.raises(ConfigError, match="^sampler.temperature must be"):
+        validate(cfg)
+
+
+def test_interpolation_endpoints_are_drawn_at_the_temperature(sampler):
+    from glann.sample import interpolation_images
+    from glann.sampler import to_uint8
+
+    conf = SampleConfig(sampler_dir="x", mode="interpolate", num_pairs=2, interpolation_steps=3, seed=4,
+                        temperature=0.4)
+    images = interpolation_images(sampler, conf)
+    noise = sampler.noise(4, seed=4) * 0.4
+    with torch.no_grad():
+        ends = sampler.generator(sampler.mapper(noise)).float()
+    first_of_each_pair = images[[0, 3]]  # rows: pair 0 (steps 0..2), pair 1 (steps 3..5)
+    assert (first_of_each_pair.astype(int) - to_uint8(ends[[0, 2]]).astype(int)).__abs__().max() <= 1
+    assert not (interpolation_images(sampler, SampleConfig(sampler_dir="x", mode="interpolate", num_pairs=2,
+                                                           interpolation_steps=3, seed=4)) == images).all()

@@ -61,18 +61,24 @@ def run_rule(rule: list[str], args: argparse.Namespace) -> dict:
 
 
 def digit_mix(sampler_dir: Path, args: argparse.Namespace) -> dict:
-    """Which digits the samples are, read by glann's cached MNIST classifier: the share of "1"s (the thinnest,
-    densest cluster) and KL(sample digit frequencies || training-set frequencies)."""
+    """The digit mix (:func:`digit_mix_of`) of ``args.num`` samples of a sampler folder at seed 0."""
+    from glann.sampler import GlannSampler
+
+    return digit_mix_of(GlannSampler.from_pretrained(sampler_dir)(args.num, seed=0).images, args.mnist_root,
+                        args.out / "cache")
+
+
+def digit_mix_of(images, mnist_root: str, cache: Path) -> dict:  # type: ignore[no-untyped-def]
+    """Which digits uint8 (N, H, W, 1) MNIST-like ``images`` are, read by glann's cached MNIST classifier: the share
+    of "1"s (the thinnest, densest cluster) and KL(sample digit frequencies || training-set frequencies)."""
     import numpy as np
     import torchvision
 
     from glann.modes import cached_classifier, predict_digits
-    from glann.sampler import GlannSampler
 
-    classifier = cached_classifier(args.mnist_root, str(args.out / "cache"))
-    images = GlannSampler.from_pretrained(sampler_dir)(args.num, seed=0).images  # uint8 (N, H, W, 1)
+    classifier = cached_classifier(mnist_root, str(cache))
     p = np.bincount(predict_digits(classifier, images.transpose(0, 3, 1, 2)), minlength=10) / len(images)
-    q = np.bincount(torchvision.datasets.MNIST(args.mnist_root, train=True).targets.numpy(), minlength=10)
+    q = np.bincount(torchvision.datasets.MNIST(mnist_root, train=True).targets.numpy(), minlength=10)
     q = q / q.sum()
     nz = p > 0
     return {"ones": float(p[1]), "ones_data": float(q[1]), "digit_kl": float(np.sum(p[nz] * np.log(p[nz] / q[nz])))}

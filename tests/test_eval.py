@@ -105,7 +105,7 @@ def test_evaluate_a_tiny_run_end_to_end(tmp_path):
                 "memorization/near_copy_fraction"):
         assert np.isfinite(results[key]), key
     assert results["fid"] > 0 and 0 <= results["precision"] <= 1
-    assert (results["correction"], results["candidates"]) == (0.5, 6)  # the sampler's defaults, recorded
+    assert (results["correction"], results["candidates"], results["temperature"]) == (0.5, 6, 1.0)  # the defaults
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["fid"] == pytest.approx(results["fid"])
     assert (tmp_path / "eval" / "memorization_closest_pairs.png").is_file()
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 1  # reference features cached for next time

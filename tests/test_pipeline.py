@@ -82,3 +82,13 @@ def test_shared_glo_cache_is_per_glann_version(tmp_path, monkeypatch, caplog):
     assert "glo: reusing" not in caplog.text
     assert (tmp_path / "c" / "glo").resolve() != (tmp_path / "a" / "glo").resolve()
     assert len([p for p in cache.glob("glo-*") if p.is_dir()]) == 2
+
+
+def test_sampler_temperature_is_exported_as_the_samplers_default(tmp_path):
+    cfg = compose_train("debug=tiny", "sampler.temperature=0.6")
+    results = pipeline.run(cfg, tmp_path, progress=False)
+    assert json.loads((tmp_path / "sampler" / "sampler.json").read_text())["temperature"] == 0.6
+    sampler = GlannSampler.from_pretrained(results["sampler_dir"])
+    assert sampler.sampling_temperature() == 0.6
+    assert np.array_equal(sampler(6, seed=1).images, sampler(6, seed=1, temperature=0.6).images)
+    assert not np.array_equal(sampler(6, seed=1).images, sampler(6, seed=1, temperature=1.0).images)

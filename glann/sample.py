@@ -74,10 +74,8 @@ def sample(cfg: DictConfig) -> str:
 def interpolation_images(sampler: GlannSampler, conf: SampleConfig) -> np.ndarray:
     """``num_pairs`` pairs of endpoints drawn from ``seed`` (noise, mapped to codes for the latent space), each
     interpolated in ``interpolation_steps`` images: uint8 (num_pairs * steps, H, W, C), one pair after another."""
-    noise = sampler.noise(2 * conf.num_pairs, seed=conf.seed)
-    temperature = sampler.sampling_temperature(conf.temperature)
-    if temperature != 1.0:  # the endpoints are drawn as samples are
-        noise = sampler.mapper.scale_noise(noise, temperature)
+    noise = sampler.noise(2 * conf.num_pairs, seed=conf.seed)  # the endpoints are drawn as samples are:
+    noise = sampler.mapper.scale_noise(noise, sampler.sampling_temperature(conf.temperature))
     noise = noise.view(conf.num_pairs, 2, -1)
     rows = []
     for pair in noise:

@@ -72,8 +72,9 @@ def main() -> None:
         moved = F.normalize(base + sigma * torch.randn(base.shape, generator=g), dim=1)
         rows.append((f"training codes + noise σ={sigma:g}", moved, nearest(moved), 0.0))
     for s in args.strengths:
-        if s == 0:  # the codes sampler(num, seed, correction=0) decodes
-            z = sampler._map(sampler.noise(args.num, seed=args.seed), 1000).cpu()
+        if s == 0:  # the codes sampler(num, seed, correction=0) decodes, at the sampler's default temperature
+            noise = sampler.mapper.scale_noise(sampler.noise(args.num, seed=args.seed), sampler.sampling_temperature())
+            z = sampler._map(noise, 1000).cpu()
             rows.append(("samples, correction 0", z, nearest(z), 0.0))
         else:
             rows.append((f"samples, correction {s:g}", None, None, s))

@@ -15,7 +15,7 @@ KL(modes || uniform) into the per-channel digit mix (``kl_channels``) and the ch
   decodes the right digits;
 - ``samples, correction s``: the sampler's images at that density-correction strength (seed 0).
 
-``distance``: the mean distance from a row's codes to the nearest training code (uncorrected rows). With
+``distance``: the mean distance from a row's codes to the nearest training code. With
 ``--near-copies``, each row also gets glann-eval's memorization figure: the share of images closer (pixel L2) to a
 training image than 99% of ``--num`` held-out Stacked-MNIST test images are (:func:`glann.evaluate.memorization`).
 Per-channel digit frequencies are printed below the table.
@@ -66,31 +66,25 @@ def main() -> None:
 
     base = codes[:args.num].float()
     g = torch.Generator().manual_seed(args.seed)
-    # (name, codes to decode or None for the sampler's corrected images, their distance, correction strength)
-    rows: list[tuple[str, torch.Tensor | None, float | None, float]] = [("reconstructions", base, 0.0, 0.0)]
-    for sigma in args.sigmas:
-        moved = F.normalize(base + sigma * torch.randn(base.shape, generator=g), dim=1)
-        rows.append((f"training codes + noise σ={sigma:g}", moved, nearest(moved), 0.0))
-    for s in args.strengths:
-        if s == 0:  # the codes sampler(num, seed, correction=0) decodes, at the sampler's default temperature
-            noise = sampler.mapper.scale_noise(sampler.noise(args.num, seed=args.seed), sampler.sampling_temperature())
-            z = sampler._map(noise, 1000).cpu()
-            rows.append(("samples, correction 0", z, nearest(z), 0.0))
-        else:
-            rows.append((f"samples, correction {s:g}", None, None, s))
+
+    def rows():  # (name, uint8 images (N, H, W, 3), mean distance of their codes to the nearest training code)
+        yield "reconstructions", to_uint8(sampler.decode(base)), 0.0
+        for sigma in args.sigmas:
+            moved = F.normalize(base + sigma * torch.randn(base.shape, generator=g), dim=1)
+            yield f"training codes + noise σ={sigma:g}", to_uint8(sampler.decode(moved)), nearest(moved)
+        for s in args.strengths:  # at the sampler's default temperature, as sampler(n) draws
+            out = sampler(args.num, seed=args.seed, correction=s)
+            yield f"samples, correction {s:g}", out.images, nearest(out.latents)
+
     print(f"\n{args.num} images per row, run {args.run}\n")
     cols = "| images | distance | modes covered | KL to uniform | per-channel digit mix | channel dependence |"
     print(cols + (" near-copies |" if args.near_copies else "") + "\n" + "|---" * (7 if args.near_copies else 6) + "|")
     mixes = []
-    for name, z, dist, strength in rows:
-        if z is None:
-            images = sampler(args.num, seed=args.seed, correction=strength).images
-        else:
-            images = to_uint8(sampler.decode(z))
+    for name, images, dist in rows():
         digits = np.stack([predict_digits(classifier, np.ascontiguousarray(images[..., c:c + 1].transpose(0, 3, 1, 2)))
                            for c in range(3)], 1)
         st = mode_stats(100 * digits[:, 0] + 10 * digits[:, 1] + digits[:, 2])
-        line = (f"| {name} | {'–' if dist is None else f'{dist:.3f}'} | {st['modes/covered']} | "
+        line = (f"| {name} | {dist:.3f} | {st['modes/covered']} | "
                 f"{st['modes/kl_uniform']:.4f} | {st['modes/kl_channels']:.4f} | {st['modes/kl_dependence']:.4f} |")
         if args.near_copies:
             with tempfile.TemporaryDirectory() as tmp:

@@ -41,7 +41,7 @@ REFERENCE_FILE = "reference.safetensors"
 @dataclass
 class SamplerOutput:
     images: Any  # "np": uint8 (N, H, W, C); "tensor": float (N, C, H, W) in [0, 1]; "pil": list of images
-    latents: Any = None  # interpolate: the (N, latent_dim) codes decoded into ``images``
+    latents: Any = None  # the (N, latent_dim) codes decoded into ``images`` (float, CPU)
 
 
 class GlannSampler:
@@ -194,21 +194,22 @@ class GlannSampler:
             noise = self.mapper.scale_noise(noise, temperature)
         if strength > 0:
             uniforms = torch.rand(num_samples, generator=choices, dtype=torch.float64)
-        chunks = []
+        chunks, codes = [], []
         for s in tqdm(range(0, num_samples, batch_size), desc="sample", unit="batch", disable=not progress):
             if strength > 0:
                 z = self._corrected_codes(noise[s * group:(s + batch_size) * group], uniforms[s:s + batch_size],
                                           temperature, strength, batch_size)
             else:
                 z = self.mapper(noise[s:s + batch_size].to(self.device, self.dtype))
+            codes.append(z.float().cpu())
             chunks.append(self.generator(z.to(self.device, self.dtype)).float().cpu())
-        images = torch.cat(chunks)
+        images, latents = torch.cat(chunks), torch.cat(codes)
         if output_type == "tensor":
-            return SamplerOutput(images)
+            return SamplerOutput(images, latents)
         arr = to_uint8(images)
         if output_type == "np":
-            return SamplerOutput(arr)
-        return SamplerOutput([Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr])
+            return SamplerOutput(arr, latents)
+        return SamplerOutput([Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arr], latents)
 
     def sampling_temperature(self, temperature: float | None = None) -> float:
         """The noise scale a call with ``temperature`` uses (see :meth:`__call__`)."""

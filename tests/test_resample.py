@@ -91,6 +91,17 @@ def test_correction_moves_samples_towards_the_reference(referenced):
     assert full < 0.85 * off
 
 
+@pytest.mark.parametrize("strength", [0.0, 1.0])
+def test_samples_come_with_the_codes_they_decode(referenced, strength):
+    out = referenced(20, seed=4, correction=strength, output_type="tensor")
+    assert out.latents.shape == (20, referenced.mapper.arch.latent_dim)
+    assert torch.allclose(referenced.decode(out.latents), out.images, atol=1e-6)
+    if strength == 0:  # plain samples: the mapper's codes of the seed's noise
+        assert torch.allclose(out.latents, referenced.mapper(referenced.noise(20, seed=4)), atol=1e-6)
+    else:  # corrected: each kept code is one of its candidates, so they differ from the plain codes
+        assert not torch.allclose(out.latents, referenced(20, seed=4, correction=0.0).latents)
+
+
 def test_more_candidates_correct_more_fully(referenced):
     """With more codes to choose from, the kept ones sit closer to where the reference codes are."""
     two, six, many = (distance_to_reference(referenced, 1.0, c) for c in (2, 6, 24))

@@ -21,6 +21,15 @@ SHARED_DATA = Path(os.environ.get("GLANN_SHARED_DATA", REPO.parent / "shared" / 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A test that sets torch's thread count (to 1 for its tiny networks, or through ``num_threads``) must not
+    leave every later test in this process on that count."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def compose_train(*overrides: str) -> TrainConfig:
     """Compose conf/train.yaml with overrides into a validated TrainConfig."""
     setup()

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
@@ -155,6 +154,8 @@ def stacked_mnist(images: np.ndarray, labels: np.ndarray, num: int, seed: int = 
 
 def _stacked_mnist(cfg: DataConfig) -> np.ndarray:
     """Stacked MNIST: three random MNIST digits as the three channels (1000 modes)."""
+    import torchvision
+
     digits = _torchvision(replace(cfg, name="mnist"))
     labels = torchvision.datasets.MNIST(str(Path(os.path.expanduser(cfg.root or "data"))),
                                         train=cfg.split == "train").targets.numpy()
@@ -167,6 +168,8 @@ def _torchvision(cfg: DataConfig) -> np.ndarray:
     if not root.is_dir() and not cfg.download:
         raise DataError(f"data.root={root} does not exist. Point data.root at a folder holding "
                         f"{name}/ (torchvision layout) or set data.download=true on a connected machine")
+    import torchvision  # here, not at the top: it takes seconds to import and only these datasets need it
+
     cls = getattr(torchvision.datasets, name)
     try:
         if cfg.name == "celeba":

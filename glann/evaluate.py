@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from torchvision.utils import make_grid
 
 from glann import artifacts
 from glann.config import NO_INCEPTION, DataConfig, EvalOptions, check_eval_options, resolve_weights
@@ -164,6 +163,8 @@ def _knn(base: torch.Tensor, queries: torch.Tensor, k: int) -> np.ndarray:
 
 def _neighbour_grid(samples: np.ndarray, train: np.ndarray, nn: np.ndarray, path: Path, caption: str) -> Path:
     """One row per sample: the sample, a gap, then its neighbours; a title band above says what is shown."""
+    from torchvision.utils import make_grid  # here: torchvision takes seconds to import
+
     k = nn.shape[1]
     tiles = []
     for i in range(len(samples)):

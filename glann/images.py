@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.utils import save_image
 
 from glann.errors import DataError
 from glann.files import atomic_write
@@ -35,6 +34,9 @@ def to_float(images: np.ndarray | torch.Tensor, channels_last: bool = True) -> t
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> Path:
     """Save images in [0, 1] (N, C, H, W) as one PNG grid, atomically."""
+    # Imported here: torchvision takes seconds to import, and an app that stops before its first image never needs it.
+    from torchvision.utils import save_image
+
     nrow = nrow or max(1, int(np.ceil(np.sqrt(len(images)))))
     buf = io.BytesIO()
     save_image(images.detach().float().cpu().clamp(0, 1), buf, nrow=nrow, padding=2, pad_value=1.0, format="png")

@@ -11,7 +11,6 @@ from typing import cast
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 from glann.errors import ConfigError
@@ -74,6 +73,8 @@ def load_vgg16_features(weights: str | None) -> nn.Sequential:
 
     Never falls back to random weights: a perceptual loss on random features is silently wrong.
     """
+    import torchvision  # here, not at the top: it takes seconds to import and only loss=vgg needs it
+
     vgg = torchvision.models.vgg16(weights=None)
     how_to = ("Provide VGG16 ImageNet weights: run once on a connected machine "
               "`python -c \"import torchvision; torchvision.models.vgg16(weights='IMAGENET1K_V1')\"` "

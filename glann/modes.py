@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 from tqdm import tqdm
 
@@ -77,6 +76,8 @@ def cached_classifier(mnist_root: str, cache_dir: str | None = None) -> MnistCla
     if path.is_file():
         model.load_state_dict(artifacts.load_tensors(path))
         return model.eval()
+    import torchvision  # here: seconds to import, and a cached classifier does not need it
+
     train = torchvision.datasets.MNIST(mnist_root, train=True, download=False)
     model = train_classifier(train.data.numpy()[:, None], train.targets.numpy())
     test = torchvision.datasets.MNIST(mnist_root, train=False, download=False)

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision.utils import make_grid
 
 from glann.errors import ConfigError
 
@@ -112,6 +111,8 @@ class TensorBoardTracker(Tracker):
         images = images.detach().float().cpu().clamp(0, 1)
         if images.ndim != 4:
             raise ValueError(f"images for {tag!r} must be (N, C, H, W), got shape {tuple(images.shape)}")
+        from torchvision.utils import make_grid  # here: torchvision takes seconds to import
+
         nrow = max(1, int(math.ceil(math.sqrt(len(images)))))
         grid = make_grid(images, nrow=nrow, padding=2, pad_value=1.0)
         self.writer.add_image(tag, grid, global_step=int(step), dataformats="CHW")

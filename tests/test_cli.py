@@ -23,24 +23,24 @@ def test_train_writes_a_complete_run_folder(trained_run):
 
 def test_sample_to_npz_and_png_folder(trained_run, tmp_path):
     out = tmp_path / "s.npz"
-    res = run_cli("sample", f"sampler_dir={trained_run / 'sampler'}", "num_samples=10", "seed=4", f"output={out}",
-                  f"hydra.run.dir={tmp_path / 'h'}")
+    sampler_dir = f"sampler_dir={trained_run / 'sampler'}"
+    res, pngs, wide, bad = run_clis(  # four independent invocations, at once
+        ("sample", sampler_dir, "num_samples=10", "seed=4", f"output={out}", f"hydra.run.dir={tmp_path / 'h'}"),
+        ("sample", sampler_dir, "num_samples=3", f"output={tmp_path / 'pngs'}", "seed=4",
+         f"hydra.run.dir={tmp_path / 'h2'}"),
+        ("sample", sampler_dir, "num_samples=10", "seed=4", "candidates=12", f"output={tmp_path / 'wide.npz'}",
+         f"hydra.run.dir={tmp_path / 'h3'}"),
+        ("sample", sampler_dir, "candidates=1", f"hydra.run.dir={tmp_path / 'h4'}"))
     assert res.returncode == 0, res.stderr[-3000:]
     with np.load(out) as z:
         images = z["images"]
     assert images.shape == (10, 16, 16, 1) and images.dtype == np.uint8
     assert (tmp_path / "s_grid.png").is_file()
-    res = run_cli("sample", f"sampler_dir={trained_run / 'sampler'}", "num_samples=3", f"output={tmp_path / 'pngs'}",
-                  "seed=4", f"hydra.run.dir={tmp_path / 'h2'}")
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert pngs.returncode == 0, pngs.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == ["000000.png", "000001.png", "000002.png"]
     from PIL import Image
 
     assert np.array_equal(np.asarray(Image.open(tmp_path / "pngs" / "000001.png")), images[1, ..., 0])
-    wide, bad = run_clis(
-        ("sample", f"sampler_dir={trained_run / 'sampler'}", "num_samples=10", "seed=4", "candidates=12",
-         f"output={tmp_path / 'wide.npz'}", f"hydra.run.dir={tmp_path / 'h3'}"),
-        ("sample", f"sampler_dir={trained_run / 'sampler'}", "candidates=1", f"hydra.run.dir={tmp_path / 'h4'}"))
     assert wide.returncode == 0, wide.stderr[-3000:]
     with np.load(tmp_path / "wide.npz") as z:
         assert z["images"].shape == images.shape and not np.array_equal(z["images"], images)  # 12 codes, not 6
@@ -71,6 +71,19 @@ def test_bad_input_is_a_one_line_error(bad_input_runs, case):
     assert res.returncode != 0
     assert needle in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_the_apps_start_without_importing_torchvision():
+    """torchvision takes seconds to import (a third of an app's start-up here): it is imported where images are
+    written or its datasets and VGG weights read, so an app that stops on bad input never pays for it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, glann.train, glann.sample, glann.eval_app, glann.invert_app; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == "[]"
 
 
 def test_sample_errors(tmp_path):

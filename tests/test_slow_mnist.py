@@ -21,8 +21,8 @@ def _flat(images: np.ndarray) -> torch.Tensor:
 
 
 def test_short_mnist_run_reconstructs_and_samples_digits(tmp_path):
-    cfg = compose_train("data=mnist", f"data.root={SHARED_DATA}", "data.limit=4000", "glo.epochs=6",
-                        "imle.rounds=6", "imle.epochs_per_round=3", "sampler.grid_size=64")
+    cfg = compose_train("data=mnist", f"data.root={SHARED_DATA}", "data.limit=2000", "glo.epochs=5",
+                        "imle.rounds=4", "imle.epochs_per_round=3", "sampler.grid_size=64")
     pipeline.run(cfg, tmp_path, progress=False)
     train = load_dataset(cfg.data, cfg.seed)
     gen, z = load_glo(tmp_path / "glo")

@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     sampler_dir = args.sampler_dir.resolve()
+    train_row, sample_row = "bad-config glann-train", "glann-sample, 16 images"
     times: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
@@ -43,10 +44,10 @@ def main() -> None:
                 train = [sys.executable, "-m", "glann.train", "glo.epochs=many", f"hydra.run.dir={out}/train"]
                 sample = [sys.executable, "-m", "glann.sample", f"sampler_dir={sampler_dir}", "num_samples=16",
                           f"output={out}/s.npz", f"hydra.run.dir={out}/sample"]
-                times.setdefault(("bad-config glann-train", name), []).append(timed(train, checkout, False))
-                times.setdefault(("glann-sample, 16 images", name), []).append(timed(sample, checkout, True))
+                times.setdefault((train_row, name), []).append(timed(train, checkout, False))
+                times.setdefault((sample_row, name), []).append(timed(sample, checkout, True))
     print("| command | before (s) | after (s) | after / before |\n|---|---|---|---|")
-    for what in ("bad-config glann-train", "glann-sample, 16 images"):
+    for what in (train_row, sample_row):
         before = sum(times[what, "before"]) / args.repeats
         after = sum(times[what, "after"]) / args.repeats
         print(f"| {what} | {before:.2f} | {after:.2f} | {after / before:.2f} |")

@@ -154,7 +154,7 @@ def stacked_mnist(images: np.ndarray, labels: np.ndarray, num: int, seed: int = 
 
 def _stacked_mnist(cfg: DataConfig) -> np.ndarray:
     """Stacked MNIST: three random MNIST digits as the three channels (1000 modes)."""
-    import torchvision
+    import torchvision  # here: seconds to import (BENCHMARKS "App start-up")
 
     digits = _torchvision(replace(cfg, name="mnist"))
     labels = torchvision.datasets.MNIST(str(Path(os.path.expanduser(cfg.root or "data"))),
@@ -168,7 +168,7 @@ def _torchvision(cfg: DataConfig) -> np.ndarray:
     if not root.is_dir() and not cfg.download:
         raise DataError(f"data.root={root} does not exist. Point data.root at a folder holding "
                         f"{name}/ (torchvision layout) or set data.download=true on a connected machine")
-    import torchvision  # here, not at the top: it takes seconds to import and only these datasets need it
+    import torchvision  # here: seconds to import (BENCHMARKS "App start-up")
 
     cls = getattr(torchvision.datasets, name)
     try:

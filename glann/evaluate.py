@@ -163,7 +163,7 @@ def _knn(base: torch.Tensor, queries: torch.Tensor, k: int) -> np.ndarray:
 
 def _neighbour_grid(samples: np.ndarray, train: np.ndarray, nn: np.ndarray, path: Path, caption: str) -> Path:
     """One row per sample: the sample, a gap, then its neighbours; a title band above says what is shown."""
-    from torchvision.utils import make_grid  # here: torchvision takes seconds to import
+    from torchvision.utils import make_grid  # here: seconds to import (BENCHMARKS "App start-up")
 
     k = nn.shape[1]
     tiles = []

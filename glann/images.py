@@ -34,8 +34,7 @@ def to_float(images: np.ndarray | torch.Tensor, channels_last: bool = True) -> t
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> Path:
     """Save images in [0, 1] (N, C, H, W) as one PNG grid, atomically."""
-    # Imported here: torchvision takes seconds to import, and an app that stops before its first image never needs it.
-    from torchvision.utils import save_image
+    from torchvision.utils import save_image  # here: seconds to import (BENCHMARKS "App start-up")
 
     nrow = nrow or max(1, int(np.ceil(np.sqrt(len(images)))))
     buf = io.BytesIO()

@@ -73,7 +73,7 @@ def load_vgg16_features(weights: str | None) -> nn.Sequential:
 
     Never falls back to random weights: a perceptual loss on random features is silently wrong.
     """
-    import torchvision  # here, not at the top: it takes seconds to import and only loss=vgg needs it
+    import torchvision  # here: seconds to import (BENCHMARKS "App start-up")
 
     vgg = torchvision.models.vgg16(weights=None)
     how_to = ("Provide VGG16 ImageNet weights: run once on a connected machine "

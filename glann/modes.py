@@ -76,7 +76,7 @@ def cached_classifier(mnist_root: str, cache_dir: str | None = None) -> MnistCla
     if path.is_file():
         model.load_state_dict(artifacts.load_tensors(path))
         return model.eval()
-    import torchvision  # here: seconds to import, and a cached classifier does not need it
+    import torchvision  # here: seconds to import (BENCHMARKS "App start-up")
 
     train = torchvision.datasets.MNIST(mnist_root, train=True, download=False)
     model = train_classifier(train.data.numpy()[:, None], train.targets.numpy())

@@ -111,7 +111,7 @@ class TensorBoardTracker(Tracker):
         images = images.detach().float().cpu().clamp(0, 1)
         if images.ndim != 4:
             raise ValueError(f"images for {tag!r} must be (N, C, H, W), got shape {tuple(images.shape)}")
-        from torchvision.utils import make_grid  # here: torchvision takes seconds to import
+        from torchvision.utils import make_grid  # here: seconds to import (BENCHMARKS "App start-up")
 
         nrow = max(1, int(math.ceil(math.sqrt(len(images)))))
         grid = make_grid(images, nrow=nrow, padding=2, pad_value=1.0)

@@ -1,4 +1,7 @@
 """The apps as a user runs them: exit codes, one-line errors, run folders, sampling, sweeps."""
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from conftest import run_cli, run_clis
@@ -76,9 +79,6 @@ def test_bad_input_is_a_one_line_error(bad_input_runs, case):
 def test_the_apps_start_without_importing_torchvision():
     """torchvision takes seconds to import (a third of an app's start-up here): it is imported where images are
     written or its datasets and VGG weights read, so an app that stops on bad input never pays for it."""
-    import subprocess
-    import sys
-
     code = ("import sys, glann.train, glann.sample, glann.eval_app, glann.invert_app; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
